@@ -1,0 +1,256 @@
+"""Command line: ``python -m engine <command> ...``.
+
+Each command is a thin wrapper around the Python API, so what the CLI does, scripts and the
+Slicer modules can do too. User-facing problems (:class:`EngineError`) print one clear message
+and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from engine import __version__
+from engine.errors import EngineError
+
+log = logging.getLogger("engine")
+
+
+def _tqdm_progress(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A (done, total) callback drawing a tqdm bar on stderr, and a closer."""
+    from tqdm import tqdm
+
+    bar: dict[str, tqdm] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="case", file=sys.stderr, leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+
+    def close() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    return update, close
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.data.validate import validate_dataset
+
+    update, close = _tqdm_progress("validating")
+    try:
+        report = validate_dataset(args.dataset, require_stages=True if args.require_stages else None,
+                                  progress=update)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from engine.synth import generate_dataset
+
+    update, close = _tqdm_progress(f"synth {args.task}")
+    try:
+        ds = generate_dataset(args.task, args.out, cases=args.cases, seed=args.seed, preset=args.preset,
+                              overwrite=args.overwrite, test_cases=args.test_cases, progress=update)
+    finally:
+        close()
+    stages = {}
+    for c in ds.training:
+        if c.stage:
+            stages[c.stage] = stages.get(c.stage, 0) + 1
+    print(f"Wrote {len(ds.training)} training and {len(ds.test)} test case(s) to {ds.root}")
+    if stages:
+        print("Stages: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.data.dataset import RawDataset
+    from engine.data.validate import validate_dataset
+    from engine.planning import extract_fingerprint, infer_task, make_plan
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise EngineError(f"'{out}' already exists; choose another --out or pass --overwrite.")
+    if not args.skip_validation:
+        report = validate_dataset(args.dataset)
+        if not report.ok:
+            print(report.summary(), file=sys.stderr)
+            raise EngineError("The dataset has problems (listed above); fix them before planning, or pass "
+                              "--skip-validation.")
+    ds = RawDataset.load(args.dataset)
+    task = args.task or infer_task(ds.description.modality, ds.description.labels)
+    update, close = _tqdm_progress("fingerprint")
+    try:
+        fp = extract_fingerprint(ds, progress=update)
+    finally:
+        close()
+    plan = make_plan(fp, task)
+    plan.save(out)
+    for name, cfg in plan.configurations.items():
+        print(f"{name}: spacing {cfg.spacing} mm, median shape {cfg.median_shape}, patch {cfg.patch_size}, "
+              f"batch {cfg.batch_size}, {cfg.network.num_stages} stages, strides {cfg.network.strides[1:]}")
+    print(f"normalisation: {plan.normalization.scheme}"
+          + (f", clip {[round(c, 1) for c in plan.normalization.clip]}" if plan.normalization.clip else ""))
+    if plan.krt_box_size:
+        print(f"KRT box ({plan.tumour_label}): {plan.krt_box_size}")
+    if plan.stage_loss_weights:
+        print(f"stage loss weights α2 {plan.stage_names}: {plan.stage_loss_weights}")
+    print(f"Plan for task '{task}' written to {out}")
+    return 0
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from engine.data.dataset import RawDataset
+    from engine.data.splits import dataset_splits, save_splits
+
+    ds = RawDataset.load(args.dataset)
+    splits = dataset_splits(ds, folds=args.folds, seed=args.seed)
+    out = Path(args.out) if args.out else ds.root / "splits.json"
+    if out.exists() and not args.overwrite:
+        raise EngineError(f"'{out}' already exists; pass --overwrite to replace it.")
+    save_splits(splits, out)
+    for i, fold in enumerate(splits):
+        print(f"fold {i}: {len(fold['train'])} train / {len(fold['val'])} val")
+    print(f"Splits written to {out}")
+    return 0
+
+
+def cmd_convert_openkbp(args: argparse.Namespace) -> int:
+    from engine.data.importers import import_openkbp
+
+    update, close = _tqdm_progress("converting")
+    try:
+        ds = import_openkbp(args.source, args.out, cases=args.cases, include_ptv=args.include_ptv,
+                            overwrite=args.overwrite, progress=update)
+    finally:
+        close()
+    print(f"Wrote {len(ds.training)} case(s) with labels {ds.description.labels} to {ds.root}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    if args.models_command == "list":
+        infos = registry.list_bundles(task=args.task)
+        if not infos:
+            print(f"No models found (user model directory: {registry.user_model_dir()}).")
+        for info in infos:
+            print(registry.describe_bundle_info(info))
+        return 0
+    if args.models_command == "import":
+        bundle = registry.import_bundle(args.zip, overwrite=args.overwrite)
+        print(f"Imported {bundle.id} {bundle.version} ({bundle.task}) into {bundle.path}")
+        return 0
+    if args.models_command == "verify":
+        bundle = registry.load_bundle(args.path, expected_task=args.task)
+        print(f"OK: {bundle.id} {bundle.version} ({bundle.task}); {len(bundle.weights)} weight file(s), "
+              "sha256 verified")
+        return 0
+    if args.models_command == "export":
+        bundle = registry.load_bundle(args.path)
+        out = registry.export_bundle(bundle, args.zip)
+        print(f"Exported {bundle.id} {bundle.version} to {out}")
+        return 0
+    raise AssertionError(args.models_command)
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.synth import PRESETS, TASKS
+
+    p = argparse.ArgumentParser(prog="python -m engine",
+                                description="OncoStaging engine: cancer segmentation and T-staging.")
+    p.add_argument("--version", action="version", version=f"oncostaging-engine {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check a dataset (nnU-Net raw layout + stages.csv); lists all problems")
+    s.add_argument("dataset", help="dataset folder holding dataset.json, imagesTr/, labelsTr/")
+    s.add_argument("--require-stages", action="store_true", help="every training case must have a T-stage")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("synth", help="write a synthetic phantom dataset (deterministic by seed)")
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--cases", type=int, required=True, help="number of training cases")
+    s.add_argument("--test-cases", type=int, default=0, help="additional unlabelled cases in imagesTs/")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="new or empty output folder")
+    s.add_argument("--preset", choices=PRESETS, default="small",
+                   help="small: fast, for tests and CPU training; realistic: paper-sized volumes")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("plan", help="fingerprint a dataset and write the training plan (JSON)")
+    s.add_argument("dataset")
+    s.add_argument("--out", required=True, help="plan file to write, e.g. plan.json")
+    s.add_argument("--task", choices=TASKS, help="task (default: inferred from modality and labels)")
+    s.add_argument("--skip-validation", action="store_true", help="plan even if validation finds problems")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("splits", help="write stratified k-fold cross-validation splits (splits.json)")
+    s.add_argument("dataset")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=12345)
+    s.add_argument("--out", help="default: DATASET/splits.json")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_splits)
+
+    s = sub.add_parser("convert-openkbp", help="turn OpenKBP pt_N/{ct,labels}.nii.gz folders into a dataset")
+    s.add_argument("source", help="folder holding pt_1, pt_2, ...")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cases", type=int, help="convert only the first N patients (sorted by number)")
+    s.add_argument("--include-ptv", action="store_true", help="keep PTV56/63/70 labels (default: organs 1-7)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_convert_openkbp)
+
+    s = sub.add_parser("models", help="list, import, verify or export model bundles")
+    msub = s.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    m = msub.add_parser("list", help="list the shipped demo models and the user's models")
+    m.add_argument("--task", choices=TASKS)
+    m = msub.add_parser("import", help="import a bundle .zip into the user model directory")
+    m.add_argument("zip")
+    m.add_argument("--overwrite", action="store_true")
+    m = msub.add_parser("verify", help="check a bundle's files and sha256 checksums")
+    m.add_argument("path", help="bundle folder or .zip")
+    m.add_argument("--task", choices=TASKS, help="also require this task")
+    m = msub.add_parser("export", help="write a bundle folder as a .zip to share")
+    m.add_argument("path")
+    m.add_argument("zip")
+    s.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

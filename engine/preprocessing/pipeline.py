@@ -1,0 +1,143 @@
+"""Plan-driven preprocessing with a recorded, exact inverse.
+
+Forward: crop to the patient → resample to the plan's spacing (image B-spline, label nearest) →
+normalise → pad up to the patch size. Every step is recorded in a :class:`PreprocessRecord`, so
+:meth:`Preprocessor.restore_labels` / :meth:`Preprocessor.restore_probabilities` put a prediction
+back on the original voxel grid: same shape, spacing, origin and direction as the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from engine.io.image import Image
+from engine.planning.planner import Configuration, Plan
+from engine.preprocessing import crop as cropping
+from engine.preprocessing.normalize import normalize
+from engine.preprocessing.resample import resample_to_grid, resampled_shape
+
+
+@dataclass
+class PreprocessRecord:
+    """What was done to one image, enough to undo it."""
+
+    original_shape: list[int]
+    original_spacing: list[float]
+    origin: list[float]
+    direction: list[float]
+    crop_box: list[list[int]]
+    target_spacing: list[float]
+    resampled_shape: list[int]
+    pads: list[list[int]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def cropped_shape(self) -> list[int]:
+        return [b - a for a, b in self.crop_box]
+
+    def cropped_origin(self) -> tuple[float, float, float]:
+        """Physical position of the first voxel of the crop box."""
+        direction = np.asarray(self.direction).reshape(3, 3)
+        start_xyz = np.array([a for a, _ in self.crop_box], dtype=np.float64)[::-1]
+        spacing_xyz = np.asarray(self.original_spacing)[::-1]
+        return tuple(np.asarray(self.origin) + direction @ (start_xyz * spacing_xyz))  # type: ignore[return-value]
+
+
+@dataclass
+class PreprocessedCase:
+    """Network-ready arrays: ``image`` is (C, z, y, x) float32, ``label`` (z, y, x) uint8 or None."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    record: PreprocessRecord
+
+
+class Preprocessor:
+    """Applies one configuration of a plan; ``crop_to_foreground`` can be turned off for patches
+    that must keep the full field of view."""
+
+    def __init__(self, plan: Plan, configuration: str | Configuration | None = None,
+                 crop_to_foreground: bool = True, pad_to_patch: bool = True):
+        self.plan = plan
+        self.config = configuration if isinstance(configuration, Configuration) else \
+            plan.configuration(configuration)
+        self.crop_to_foreground = crop_to_foreground
+        self.pad_to_patch = pad_to_patch
+
+    def __call__(self, image: Image | list[Image], label: Image | None = None) -> PreprocessedCase:
+        channels = image if isinstance(image, list) else [image]
+        ref = channels[0]
+        if self.config.dims != 3:
+            raise ValueError("Preprocessor handles 3D configurations; 2D pipelines slice the volume "
+                             "after 3D preprocessing at their in-plane spacing.")
+        box = (cropping.foreground_box(ref.array, ref.modality or self.plan.modality)
+               if self.crop_to_foreground else [[0, n] for n in ref.shape])
+        target = list(self.config.spacing)
+        new_shape = resampled_shape(cropping.crop(ref.array, box).shape, ref.spacing, target)
+        pads = cropping.pad_amounts(new_shape, self.config.patch_size if self.pad_to_patch else new_shape)
+        record = PreprocessRecord(list(ref.shape), list(ref.spacing), list(ref.origin),
+                                  ref.direction.ravel().tolist(), box, target, new_shape, pads)
+        arrays = []
+        for ch in channels:
+            cropped = self._cropped_image(ch, record)
+            resampled = resample_to_grid(cropped, new_shape, target).array
+            mask = resampled > cropping.CT_BODY_THRESHOLD_HU if self.plan.normalization.scheme == "ct" \
+                else resampled > resampled.min()
+            normed = normalize(resampled, self.plan.normalization, mask)
+            arrays.append(cropping.pad(normed, pads, value=float(normed.min())))
+        lab = None
+        if label is not None:
+            cropped_label = self._cropped_image(label, record)
+            lab = resample_to_grid(cropped_label, new_shape, target, is_label=True).array
+            lab = cropping.pad(lab.astype(np.uint8), pads, value=0)
+        return PreprocessedCase(np.stack(arrays).astype(np.float32), lab, record)
+
+    @staticmethod
+    def _cropped_image(image: Image, record: PreprocessRecord) -> Image:
+        return Image(cropping.crop(image.array, record.crop_box), image.spacing, record.cropped_origin(),
+                     image.direction, image.modality)
+
+    # --- inverse --------------------------------------------------------------------------------
+    @staticmethod
+    def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+        """(z, y, x) labels on the preprocessed grid → labels on the original grid (nearest)."""
+        return Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0]
+
+    @staticmethod
+    def restore_probabilities(probs: np.ndarray, record: PreprocessRecord, background_channel: bool = True
+                              ) -> np.ndarray:
+        """(C, z, y, x) class probabilities → (C, Z, Y, X) on the original grid (linear), outside the
+        crop box the background channel is 1 and the others 0."""
+        out = Preprocessor._restore(probs.astype(np.float32), record, is_label=False)
+        if background_channel:
+            inside = np.zeros(record.original_shape, dtype=bool)
+            inside[tuple(slice(a, b) for a, b in record.crop_box)] = True
+            out[0][~inside] = 1.0
+        return out
+
+    @staticmethod
+    def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool) -> np.ndarray:
+        if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.resampled_shape, record.pads)]:
+            raise ValueError(f"prediction shape {arrays.shape[1:]} does not match the preprocessed shape "
+                             f"{record.resampled_shape} + padding {record.pads}")
+        unpadded = cropping.unpad(arrays, record.pads)
+        direction = np.asarray(record.direction).reshape(3, 3)
+        origin = record.cropped_origin()
+        restored = []
+        for channel in unpadded:
+            img = Image(np.ascontiguousarray(channel), record.target_spacing, origin, direction)
+            back = resample_to_grid(img, record.cropped_shape, record.original_spacing, is_label=is_label,
+                                    order=None if is_label else 1)
+            restored.append(back.array)
+        stacked = np.stack(restored).astype(arrays.dtype)
+        return cropping.uncrop(stacked, record.crop_box, record.original_shape, fill=0)
+
+    @staticmethod
+    def to_image(array: np.ndarray, record: PreprocessRecord, modality: str | None = None) -> Image:
+        """Wrap a restored array in the original geometry."""
+        return Image(array, record.original_spacing, record.origin,
+                     np.asarray(record.direction).reshape(3, 3), modality)
