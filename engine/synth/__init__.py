@@ -1,1 +1,87 @@
+"""Deterministic synthetic phantoms, one generator per task, written in the nnU-Net raw layout.
 
+They exist so the whole pipeline (planning, training, staging, explanation) can be tested and
+demonstrated without patient data, and so learning can be checked: anatomy sits in plausible
+places with plausible intensities and noise, tumours are small and low-contrast, and the
+targets follow the clinical rules (T-stage by invasion depth, PET outcome by uptake pattern).
+
+- ``esophagus``: thoracic CT, labels EC/aorta/esophagus/lymph node/pericardium, T1–T4 by invasion;
+- ``npc``: contrast-enhanced T1 MRI of the nasopharynx, GTV label, T1–T4 by extension;
+- ``gtv``: chest CT with small nodules (GTV) on a minority of slices;
+- ``pet``: FDG PET (SUV) with tumour label, binary outcome and pathology.
+
+The same (task, seed, preset) always gives the same voxels and files; case ``i`` of a dataset
+is :func:`generate_case` with ``case_seed(seed, i)``, whatever the number of cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from engine.data.dataset import DatasetWriter, RawDataset
+from engine.synth import esophagus, gtv, npc, pet
+from engine.synth.common import PhantomCase, SynthError, case_seed
+
+log = logging.getLogger(__name__)
+
+TASKS = ("esophagus", "npc", "gtv", "pet")
+PRESETS = ("small", "realistic")
+_MODULES: dict[str, ModuleType] = {"esophagus": esophagus, "npc": npc, "gtv": gtv, "pet": pet}
+
+__all__ = ["TASKS", "PRESETS", "PhantomCase", "SynthError", "case_seed", "generate_case", "generate_dataset"]
+
+
+def _module(task: str, preset: str) -> ModuleType:
+    if task not in _MODULES:
+        raise SynthError(f"Unknown synthetic task '{task}'. Choose one of: {', '.join(TASKS)}.")
+    if preset not in PRESETS:
+        raise SynthError(f"Unknown preset '{preset}'. Choose 'small' (fast, for tests and CPU training) "
+                         "or 'realistic' (the papers' resolution).")
+    return _MODULES[task]
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SynthError(f"Seed must be a non-negative integer, got {seed!r}.")
+    return seed
+
+
+def generate_case(task: str, seed: int, preset: str = "small") -> PhantomCase:
+    """One phantom case; identical for identical arguments."""
+    module = _module(task, preset)
+    return module.generate(_check_seed(seed), preset)
+
+
+def generate_dataset(task: str, out: str | Path, cases: int, seed: int = 0, preset: str = "small",
+                     overwrite: bool = False, test_cases: int = 0,
+                     progress: Callable[[int, int], None] | None = None) -> RawDataset:
+    """Write ``cases`` training cases (and ``test_cases`` unlabelled test cases) to ``out``.
+
+    Layout: ``dataset.json``, ``imagesTr``/``labelsTr``/``imagesTs`` and, for tasks with
+    targets, ``stages.csv``. Case ids are ``<task>_000``, ... (test cases ``<task>_test_000``);
+    test cases get neither a label file nor a row in ``stages.csv``, like a real hold-out set.
+    ``progress(done, total)`` is called after each case.
+    """
+    module = _module(task, preset)
+    _check_seed(seed)
+    for name, value, minimum in (("cases", cases, 1), ("test_cases", test_cases, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise SynthError(f"'{name}' must be an integer ≥ {minimum}, got {value!r}.")
+    writer = DatasetWriter(out, module.description(), overwrite=overwrite)
+    width = max(3, len(str(max(cases, test_cases) - 1)))
+    total = cases + test_cases
+    jobs = [(f"{task}_{i:0{width}d}", case_seed(seed, i), False) for i in range(cases)]
+    jobs += [(f"{task}_test_{i:0{width}d}", case_seed(seed, i, test=True), True) for i in range(test_cases)]
+    for done, (case_id, s, test) in enumerate(jobs, start=1):
+        case = module.generate(s, preset)
+        targets = None if test or not module.HAS_TARGETS else case.targets
+        writer.add_case(case_id, case.channels, None if test else case.label, targets, test=test)
+        log.debug("wrote %s (%s)", case_id, case.targets)
+        if progress is not None:
+            progress(done, total)
+    dataset = writer.finalize()
+    log.info("wrote %d %s phantom case(s) (%s preset, seed %d) to %s", total, task, preset, seed, out)
+    return dataset

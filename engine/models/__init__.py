@@ -1,0 +1,1 @@
+"""Task networks built from a plan."""

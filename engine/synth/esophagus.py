@@ -1,0 +1,213 @@
+"""Esophageal cancer phantom: thoracic CT (HU) with organ labels and an invasion-defined T-stage.
+
+Labels: 0 background, 1 EC, 2 aorta, 3 esophagus (lumen + wall, minus tumour), 4 lymph node,
+5 pericardium (the pericardial sac with its contents).
+
+The stage is drawn first (≈ 17/19/54/10 % for T1–T4, the EC169 mix), the tumour is then
+built to invade to the matching depth, and the stage is finally **re-derived from the voxel
+masks** with the clinical rule, so label and geometry can never disagree:
+
+- T1: tumour within the inner wall layers (mucosa/submucosa; protrusion into the lumen allowed);
+- T2: into the muscularis propria, not beyond the outer wall;
+- T3: through the wall into periesophageal fat;
+- T4: touching (6-neighbourhood) the aorta or the pericardium.
+
+The tumour is a dome on the inner wall in cylindrical coordinates around the esophageal centre
+line (extent along z, angular half-width, radial reach). How far it may reach without touching
+a neighbour is planned by casting rays through the analytic anatomy before voxelising. Its HU
+overlaps the wall, muscles, nodes and vessels, so intensity alone does not find it.
+
+In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
+(≈ 4 mm per layer instead of ≈ 2 mm): deliberately, so invasion depth stays visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from engine.data.dataset import CaseTargets, DatasetDescription
+from engine.synth.common import (STAGES, PhantomCase, Preset, finish_ct, make_grid, make_images,
+                                 sample_stage, texture_field)
+from engine.synth.shapes import Canvas, Grid, ray_hits, smooth_noise, touches
+from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, ct_values,
+                                 paint_thorax, sample_thorax)
+
+log = logging.getLogger(__name__)
+
+TASK = "esophagus"
+HAS_TARGETS = True
+PRESETS = {
+    "small": Preset((64, 96, 96), (3.0, 1.95, 1.95)),
+    "realistic": Preset((237, 256, 256), (1.0, 0.73, 0.73)),
+}
+LABELS = {"background": 0, "EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
+#: Stage mix of the EC169 cohort (T1, T2, T3, T4).
+STAGE_PROBABILITIES = (0.17, 0.19, 0.54, 0.10)
+_TISSUE_LABELS = {"tumour": 1, "aorta": 2, **{t: 3 for t in ESOPHAGUS}, "node": 4,
+                  **{t: 5 for t in PERICARDIAL_SAC}}
+
+
+def description() -> DatasetDescription:
+    return DatasetDescription(
+        name="SyntheticEsophagus", channel_names={"0": "CT"}, labels=dict(LABELS), stages=list(STAGES),
+        description="Synthetic thoracic CT phantoms (engine.synth): esophageal cancer with T-stage by invasion depth.")
+
+
+def draw_stage(seed: int) -> str:
+    """The stage a case with this seed is built for (the first draw of its generator)."""
+    return sample_stage(np.random.default_rng(seed), STAGE_PROBABILITIES)
+
+
+def stage_from_masks(tumour: np.ndarray, inner_layers: np.ndarray, wall: np.ndarray, aorta: np.ndarray,
+                     pericardium: np.ndarray) -> str:
+    """The T-stage rule on voxel masks (``inner_layers``/``wall``: inside the inner/outer wall edge)."""
+    if touches(tumour, aorta | pericardium):
+        return "T4"
+    if np.any(tumour & ~wall):
+        return "T3"
+    if np.any(tumour & ~inner_layers):
+        return "T2"
+    return "T1"
+
+
+@dataclass
+class TumourPlan:
+    """A dome-shaped tumour on the inner wall, in cylindrical coordinates around the centre line."""
+
+    z_centre: float
+    half_length: float      # mm along z
+    phi: float              # direction of deepest invasion (rad; 0 = left, π/2 = posterior)
+    half_width: float       # angular half-width (rad)
+    reach: float            # largest distance from the centre line (mm)
+    bulge: float            # 0..1: how far it protrudes into the lumen
+    target: str | None = None
+
+
+def _plan_tumour(rng: np.random.Generator, th: Thorax, grid: Grid, stage: str) -> TumourPlan:
+    u = rng.uniform
+    sp = grid.inplane_spacing
+    zlo, zhi = grid.z_range
+    margin = 1.5 * sp
+    size = {"T1": (15.0, 30.0, 0.5, 1.0), "T2": (15.0, 30.0, 0.5, 1.0)}.get(stage, (14.0, 35.0, 0.4, 1.0))
+    half_length = u(size[0], size[1])
+    half_width = np.pi * u(size[2], size[3])
+    z_lo, z_hi = zlo + half_length + 10.0, zhi - half_length - 10.0
+    plan = TumourPlan(u(z_lo, z_hi), half_length, u(-np.pi, np.pi), half_width, th.r_inner, u(0.3, 1.0))
+    if stage == "T1":
+        plan.reach = min(th.r_lumen + u(0.5, 0.9) * (th.r_inner - th.r_lumen), th.r_inner - 0.3 * sp)
+        return plan
+    if stage == "T2":
+        plan.reach = th.r_inner + u(0.35, 0.75) * (th.r_outer - th.r_inner)
+        return plan
+    if stage == "T4":
+        target = "pericardium" if rng.random() < 0.4 else "aorta"
+        for name in (target, "aorta"):
+            shape = th.sac if name == "pericardium" else th.aorta
+            if name == "pericardium":
+                zs = (max(z_lo, th.sac.centre[0] - 0.5 * th.sac.radii[0]),
+                      min(z_hi, th.sac.centre[0] + 0.5 * th.sac.radii[0]))
+                if zs[1] <= zs[0]:
+                    continue
+                plan.z_centre = u(*zs)
+            angles = np.linspace(-np.pi, np.pi, 145)[:-1]
+            hits = ray_hits([shape], th.centre(plan.z_centre)[None], angles, th.r_cuff + 20.0)
+            if np.isfinite(hits).any():
+                best = int(np.argmin(hits))
+                plan.phi, plan.reach, plan.target = float(angles[best]), float(hits[best] + margin), name
+                plan.half_width = np.pi * u(0.3, 0.7)
+                return plan
+        stage = "T3"  # nothing reachable: fall back to a tumour through the wall
+    # T3: through the wall, but stop short of every neighbour (planned with rays)
+    for _ in range(25):
+        angles = plan.phi + np.linspace(-plan.half_width, plan.half_width, 25)
+        zs = np.linspace(plan.z_centre - plan.half_length - grid.spacing[0],
+                         plan.z_centre + plan.half_length + grid.spacing[0], 9)
+        origins = np.stack([th.centre(z) for z in zs])
+        hits = ray_hits(th.obstacles(), origins[:, None, :], angles[None, :], th.r_cuff + 5.0).min(axis=0)
+        free = np.minimum(hits, th.r_cuff) - margin
+        h = np.sqrt(np.clip(1.0 - ((angles - plan.phi) / plan.half_width) ** 2, 1e-6, 1.0))
+        reach_max = float(np.min(th.r_lumen + (free - th.r_lumen) / np.sqrt(h)))
+        if reach_max >= th.r_outer + 1.5 * sp:
+            plan.reach = min(th.r_outer + u(1.5 * sp, max(12.0, 2.0 * sp)), reach_max)
+            return plan
+        plan.phi = u(-np.pi, np.pi)
+        plan.half_width = np.pi * u(0.3, 0.8)
+        plan.z_centre = u(z_lo, z_hi)
+    log.debug("no free direction for a T3 tumour; building it anyway (stage is re-derived)")
+    plan.reach = th.r_outer + 1.5 * sp
+    return plan
+
+
+def _tumour_mask(rng: np.random.Generator, grid: Grid, th: Thorax, plan: TumourPlan) -> np.ndarray:
+    """Voxelise the dome: a patch on the wall × a radial range; the irregular outline never adds depth."""
+    tube = th.esophagus
+    lo, hi = tube.bounds(plan.reach / th.r_outer + 0.2,
+                         (plan.z_centre - plan.half_length, plan.z_centre + plan.half_length))
+
+    def dome(z, y, x):
+        rho, phi = tube.radial_mm(z, y, x)
+        dphi = np.angle(np.exp(1j * (phi - plan.phi))) / plan.half_width
+        q2 = ((z - plan.z_centre) / plan.half_length) ** 2 + dphi ** 2
+        # irregular outline: the footprint wobbles, the depth at its centre does not
+        q2 = q2 * (1.0 + 0.35 * np.clip(smooth_noise(rng, rho.shape, 2.5), -1.5, 1.5))
+        h = np.sqrt(np.clip(1.0 - q2, 0.0, 1.0))
+        outer = th.r_lumen + (plan.reach - th.r_lumen) * np.sqrt(h)
+        inner = th.r_lumen * (1.0 - plan.bulge * h)
+        return (q2 < 1.0) & (rho <= outer) & (rho >= inner)
+
+    return grid.evaluate(dome, (lo, hi), fill=False, dtype=bool)
+
+
+def generate(seed: int, preset: str = "small") -> PhantomCase:
+    """One esophageal cancer CT phantom (see the module docstring for the rule it obeys)."""
+    rng = np.random.default_rng(seed)
+    sampled = sample_stage(rng, STAGE_PROBABILITIES)
+    p = PRESETS[preset]
+    grid = make_grid(rng, p, (rng.uniform(-10, 10), rng.uniform(12, 22), rng.uniform(-5, 5)), 4.0)
+    sp = grid.inplane_spacing
+    th = sample_thorax(rng, min_layer_mm=2.0 * sp, n_nodes=int(rng.integers(2, 5)), n_vessels=6)
+    canvas = Canvas(grid, TISSUES)
+    rho = paint_thorax(canvas, th)
+
+    plan = _plan_tumour(rng, th, grid, sampled)
+    tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan), not_over=SOLID_NEIGHBOURS)
+    for _ in range(5):  # a degenerate draw (e.g. clipped away): grow it until visible
+        if tumour.sum() >= 8:
+            break
+        plan.half_length *= 1.5
+        plan.half_width = min(plan.half_width * 1.5, np.pi)
+        tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan), not_over=SOLID_NEIGHBOURS)
+
+    mean, amp = ct_values(rng)
+    mean["tumour"] = 0.5 * (mean["esophagus_inner"] + mean["esophagus_muscle"]) + rng.uniform(-3.0, 8.0)
+    amp["tumour"] = rng.uniform(5.0, 10.0)
+    clean = canvas.render(mean, amp, texture_field(rng, grid, 3.0))
+    noise_sd = rng.uniform(10.0, 22.0) if sp < 1.0 else rng.uniform(6.0, 12.0)
+    volume = finish_ct(rng, grid, clean, noise_sd)
+    label = canvas.labels(_TISSUE_LABELS)
+    image, label_img = make_images(rng, grid, volume, label, "CT", rng.uniform(-400.0, -200.0))
+
+    tumour = label == 1
+    masks = {"tumour": tumour, "inner_layers": rho < th.r_inner, "wall": rho < th.r_outer,
+             "muscularis": (rho >= th.r_inner) & (rho < th.r_outer), "aorta": label == 2,
+             "pericardium": label == 5}
+    stage = stage_from_masks(tumour, masks["inner_layers"], masks["wall"], masks["aorta"], masks["pericardium"])
+    if stage != sampled:
+        log.debug("seed %d: built for %s, geometry says %s", seed, sampled, stage)
+    centre_idx = np.argwhere(tumour).mean(axis=0)
+    meta = {
+        "task": TASK, "preset": preset, "seed": int(seed), "stage_sampled": sampled, "stage": stage,
+        "t4_target": plan.target if stage == "T4" else None,
+        "tumour_plan": {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in asdict(plan).items()},
+        "tumour_voxels": int(tumour.sum()), "tumour_fraction": float(tumour.mean()),
+        "tumour_centre_index_zyx": centre_idx.tolist(),
+        "tumour_centre_xyz_mm": image.index_to_physical(centre_idx).tolist(),
+        "invasion_depth_mm": float(rho[tumour].max() - th.r_outer),
+        "wall_mm": {"lumen": th.r_lumen, "inner": th.r_inner - th.r_lumen, "muscularis": th.r_outer - th.r_inner},
+        "noise_sd_hu": float(noise_sd),
+        "masks": masks,
+    }
+    return PhantomCase(image, label_img, CaseTargets(t_stage=stage), meta)

@@ -1,0 +1,2 @@
+"""stub"""
+TASK="pet"
