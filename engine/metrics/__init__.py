@@ -37,7 +37,8 @@ __all__ = [
     # segmentation
     "dice", "iou", "hd95", "assd", "StructureScores", "segmentation_scores",
     # classification
-    "ClassMetrics", "MacroMetrics", "AucEstimate", "ClassificationReport", "confusion_matrix", "class_metrics",
+    "ClassMetrics", "MacroMetrics", "AucEstimate", "ClassificationReport", "confusion_matrix",
+    "class_metrics",
     "clopper_pearson", "delong_ci", "one_vs_rest_auc", "classification_report",
     # statistics
     "delong_roc_variance", "DeLongResult", "delong_test", "McNemarResult", "mcnemar_test", "WilcoxonResult",

@@ -51,6 +51,13 @@ class JsonResult:
         return json_value(self)
 
 
+def is_whole_number(value: Any) -> bool:
+    """True for a real number with no fractional part (``3``, ``3.0``, ``np.int64(3)``); False for bools."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return math.isfinite(float(value)) and float(value).is_integer()
+
+
 def as_1d(values: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
     """A 1-D array of finite values, or a clear error naming the argument."""
     arr = np.asarray(values)

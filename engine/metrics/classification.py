@@ -11,15 +11,20 @@ Conventions:
   2TP/(2TP + FP + FN), so it is 0 — not undefined — for a present class that is never predicted.
 - Accuracy has a Clopper–Pearson exact 95 % CI (``scipy.stats.beta``), which never leaves [0, 1] and
   keeps its coverage for small N or accuracy near 0/1, unlike the Wald interval.
-- One-vs-rest AUC per class (scikit-learn) with a DeLong 95 % CI: AUC ± z·√var_DeLong, plain normal,
-  clipped to [0, 1] (as pROC does). Needs ≥ 2 cases in and ≥ 2 out of the class, else the CI is NaN.
-  A class absent from ``y_true`` has no AUC (NaN, noted).
+- One-vs-rest AUC per class (MONAI's ``compute_roc_auc``, ties counting ½, identical to scikit-learn's
+  ``roc_auc_score``) with a DeLong 95 % CI: AUC ± z·√var_DeLong, plain normal, clipped to [0, 1] (as
+  pROC does); a perfectly separating class has DeLong variance 0, hence the CI [1, 1]. Needs ≥ 2 cases
+  in and ≥ 2 out of the class, else the CI is NaN. A class absent from ``y_true`` (or the only class
+  present) has no AUC (NaN, noted).
 - Macro AUC = unweighted mean of the defined per-class AUCs (equal to scikit-learn's
   ``roc_auc_score(multi_class="ovr", average="macro")`` when every class is present). Its CI uses the
   DeLong structural components: each case's contribution to the macro AUC is the mean over classes of its
   centred, scaled placement value, and the variance is the sum over true-class strata of the within-
   stratum variance of those contributions (ddof=1). This is deterministic, needs no resampling, accounts
   for the correlation between the one-vs-rest AUCs (same cases), and equals DeLong exactly for K = 2.
+  (For K > 2 it treats the class counts as fixed, so it can be slightly narrower than a CI that pools
+  each class's "rest" as one sample, as the per-class DeLong CIs do.)
+- The predicted class is the first arg-max, so an exact tie goes to the lower class index.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
 from scipy import stats
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
-from sklearn.metrics import roc_auc_score
 
-from engine.metrics._common import JsonResult, MetricInputError
+from engine.metrics._common import JsonResult, MetricInputError, is_whole_number
 from engine.metrics.statistics import _delong_components
 
 __all__ = [
@@ -115,7 +121,8 @@ def _labels(y_true: object, n_classes: int) -> np.ndarray:
         raise MetricInputError(f"y_true must be one-dimensional, got shape {y.shape}.")
     if y.size == 0:
         raise MetricInputError("y_true is empty.")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or not np.array_equal(y, np.round(y)):
+    if (not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y))
+            or not np.array_equal(y, np.round(y))):
         raise MetricInputError("y_true must hold integer class indices 0..K-1.")
     y = y.astype(np.int64)
     if y.min() < 0 or y.max() >= n_classes:
@@ -182,10 +189,26 @@ def class_metrics(cm: object, class_names: Sequence[str] | None = None) -> list[
     return out
 
 
+def _check_level(level: float) -> float:
+    """The confidence level as a float strictly inside (0, 1) — 0.95, not 95."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(level) < 1.0:
+        raise MetricInputError(f"Confidence level must lie strictly between 0 and 1, got {level!r}.")
+    return float(level)
+
+
 def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) CI of a binomial proportion from beta quantiles; [0, ·] at 0 and [·, 1] at n."""
+    """Exact (Clopper–Pearson) CI of a binomial proportion from beta quantiles.
+
+    The lower limit is 0 at ``successes == 0`` and the upper limit 1 at ``successes == n``.
+    """
+    for value, what in ((successes, "successes"), (n, "n")):
+        if not is_whole_number(value):
+            raise MetricInputError(f"{what} must be a whole number, got {value!r}.")
+    successes, n = int(successes), int(n)
     if n <= 0 or not 0 <= successes <= n:
         raise MetricInputError(f"Need 0 ≤ successes ≤ n and n > 0, got {successes}/{n}.")
+    level = _check_level(level)
     alpha = 1.0 - level
     lo = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, n - successes + 1))
     hi = 1.0 if successes == n else float(stats.beta.ppf(1 - alpha / 2, successes + 1, n - successes))
@@ -194,14 +217,16 @@ def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float,
 
 def delong_ci(auc: float, variance: float, level: float = 0.95) -> tuple[float, float]:
     """Normal CI AUC ± z·√variance, clipped to [0, 1]; NaN when the variance is undefined."""
+    level = _check_level(level)
     if not (math.isfinite(auc) and math.isfinite(variance)):
         return math.nan, math.nan
     half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(max(variance, 0.0))
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
-def one_vs_rest_auc(y_true: object, probs: object, level: float = 0.95,
-                    class_names: Sequence[str] | None = None) -> tuple[list[AucEstimate], AucEstimate, list[str]]:
+def one_vs_rest_auc(
+    y_true: object, probs: object, level: float = 0.95, class_names: Sequence[str] | None = None,
+) -> tuple[list[AucEstimate], AucEstimate, list[str]]:
     """Per-class one-vs-rest AUCs with DeLong CIs, the macro AUC with its CI, and notes on what was undefined.
 
     See the module docstring for the macro-AUC variance (stratified DeLong structural components).
@@ -210,9 +235,14 @@ def one_vs_rest_auc(y_true: object, probs: object, level: float = 0.95,
     if p0.ndim != 2:
         raise MetricInputError(f"probs must be N×K, got shape {p0.shape}.")
     k = p0.shape[1]
+    if k < 2:
+        raise MetricInputError(f"probs needs at least 2 class columns, got {k}.")
+    level = _check_level(level)
     y = _labels(y_true, k)
     p = _probabilities(probs, len(y), k)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise MetricInputError(f"{len(names)} class names for {k} probability columns.")
     notes: list[str] = []
     per_class: list[AucEstimate] = []
     psi = np.zeros(len(y))  # each case's summed contribution to the macro AUC's deviation
@@ -225,8 +255,8 @@ def one_vs_rest_auc(y_true: object, probs: object, level: float = 0.95,
             notes.append(f"AUC of class '{names[c]}' is undefined: the class is {why}.")
             per_class.append(AucEstimate(math.nan, math.nan, math.nan, math.nan))
             continue
-        auc = float(roc_auc_score(pos, p[:, c]))
-        _, v10, v01 = _delong_components(p[None, :, c], pos)
+        auc = float(compute_roc_auc(torch.from_numpy(p[:, c].copy()), torch.from_numpy(pos.astype(np.int64))))
+        _, v10, v01 = _delong_components(p[None, :, c], pos)  # mean(v10) == auc (tested)
         v10, v01 = v10[0], v01[0]
         if m >= 2 and n >= 2:
             var = float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
@@ -269,8 +299,7 @@ def classification_report(y_true: object, probs: object, class_names: Sequence[s
         raise MetricInputError(f"Need at least 2 class names, got {names}.")
     if len(set(names)) != k:
         raise MetricInputError(f"Class names must be unique, got {names}.")
-    if not 0 < ci_level < 1:
-        raise MetricInputError(f"ci_level must lie in (0, 1), got {ci_level}.")
+    ci_level = _check_level(ci_level)
     y = _labels(y_true, k)
     p = _probabilities(probs, len(y), k)
     y_pred = p.argmax(axis=1)

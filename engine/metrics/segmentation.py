@@ -20,8 +20,16 @@ A distance to an empty mask is undefined, so it is NaN rather than ``inf`` (whic
 made-up penalty (e.g. the image diagonal) that would depend on the field of view. Aggregators must
 therefore report how many cases were NaN instead of silently ``nanmean``-ing them away.
 
-Surfaces are MONAI's: the mask voxels removed by a binary erosion, so distances are between voxel
-centres of boundary voxels (a mask touching the array edge keeps its edge voxels as surface).
+Surfaces are MONAI's: the mask voxels removed by a binary erosion with the face-connected (cross)
+structuring element, zeros assumed outside the array — so a mask touching the array edge keeps its edge
+voxels as surface — and distances are Euclidean, in mm, between the centres of surface voxels. HD95 is
+the larger of the two directed 95th percentiles (``torch.quantile``, linear interpolation); ASSD is the
+mean of the pooled distances of both surfaces. MONAI computes in ``float32``, so values carry ~1e-7
+relative rounding (e.g. IoU 3/5 reads 0.6000000238).
+
+Masks are cropped to the bounding box of ``pred | ref`` before MONAI sees them: every metric here
+depends only on that box (and on zeros around it), so the result is unchanged while memory and time no
+longer scale with the field of view.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from monai.metrics import (
     compute_iou,
 )
 
-from engine.metrics._common import JsonResult, MetricInputError, as_binary
+from engine.metrics._common import JsonResult, MetricInputError, as_binary, is_whole_number
 
 __all__ = ["dice", "iou", "hd95", "assd", "StructureScores", "segmentation_scores"]
 
@@ -70,25 +78,41 @@ def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[float,
     return tuple(float(s) for s in sp)
 
 
-def _batch(mask: np.ndarray) -> np.ndarray:
+def _crop_to_union(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C-contiguous, writable copies of both masks cropped to the bounding box of ``p | r``.
+
+    Copying also makes flipped (negative-stride) and read-only arrays safe for ``torch.from_numpy``.
+    An empty union gives two 1-voxel empty masks (MONAI still sees the "both empty" case).
+    """
+    union = p | r
+    if not union.any():
+        empty = np.zeros((1,) * p.ndim, dtype=bool)
+        return empty, empty.copy()
+    box = []
+    for axis in range(p.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(p.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    sl = tuple(box)
+    return np.array(p[sl], dtype=bool, order="C"), np.array(r[sl], dtype=bool, order="C")
+
+
+def _batch(mask: np.ndarray) -> torch.Tensor:
     """MONAI wants ``[batch, channel, *spatial]``; one image, one foreground channel."""
-    return mask[None, None]
+    return torch.from_numpy(mask[None, None])
 
 
 def dice(pred: ArrayLike, ref: ArrayLike) -> float:
     """Dice similarity coefficient 2|P∩R|/(|P|+|R|); 1.0 when both masks are empty."""
-    p, r = _pair(pred, ref)
+    p, r = _crop_to_union(*_pair(pred, ref))
     # ignore_empty=False: MONAI then scores "both empty" as 1 and "reference empty, prediction not" as 0.
-    value = compute_dice(torch.from_numpy(_batch(p)), torch.from_numpy(_batch(r)),
-                         include_background=True, ignore_empty=False)
+    value = compute_dice(_batch(p), _batch(r), include_background=True, ignore_empty=False)
     return float(value.item())
 
 
 def iou(pred: ArrayLike, ref: ArrayLike) -> float:
     """Intersection over union (Jaccard) |P∩R|/|P∪R|; 1.0 when both masks are empty."""
-    p, r = _pair(pred, ref)
-    value = compute_iou(torch.from_numpy(_batch(p)), torch.from_numpy(_batch(r)),
-                        include_background=True, ignore_empty=False)
+    p, r = _crop_to_union(*_pair(pred, ref))
+    value = compute_iou(_batch(p), _batch(r), include_background=True, ignore_empty=False)
     return float(value.item())
 
 
@@ -98,6 +122,7 @@ def _distance(p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], kind: st
         return 0.0
     if p_any != r_any:
         return math.nan
+    p, r = _crop_to_union(p, r)
     with warnings.catch_warnings():
         # MONAI's own internals trigger a FutureWarning about a deprecated argument; not ours to act on.
         warnings.simplefilter("ignore", FutureWarning)
@@ -148,8 +173,10 @@ class StructureScores(JsonResult):
 
 def _labelmap(values: object, name: str) -> tuple[np.ndarray, tuple[float, ...] | None]:
     # Accept an engine Image (duck-typed to keep this module free of I/O imports) or a plain array.
+    spacing: tuple[float, ...] | None = None
     if hasattr(values, "array") and hasattr(values, "spacing"):
-        return np.asarray(values.array), tuple(values.spacing)  # type: ignore[attr-defined]
+        spacing = tuple(float(s) for s in values.spacing)  # type: ignore[attr-defined]
+        values = values.array  # type: ignore[attr-defined]
     arr = np.asarray(values)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -157,7 +184,7 @@ def _labelmap(values: object, name: str) -> tuple[np.ndarray, tuple[float, ...] 
         raise MetricInputError(f"{name} must be a numeric label map, got dtype {arr.dtype}.")
     if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
         raise MetricInputError(f"{name} must hold integer labels; found non-integer values.")
-    return arr, None
+    return arr, spacing
 
 
 def segmentation_scores(
@@ -175,8 +202,8 @@ def segmentation_scores(
     pred, pred_sp = _labelmap(pred_labelmap, "pred_labelmap")
     ref, ref_sp = _labelmap(ref_labelmap, "ref_labelmap")
     if pred.shape != ref.shape:
-        raise MetricInputError(f"Label maps differ in shape: prediction {pred.shape} vs reference {ref.shape}; "
-                               "resample the prediction onto the reference grid first.")
+        raise MetricInputError(f"Label maps differ in shape: prediction {pred.shape} vs reference "
+                               f"{ref.shape}; resample the prediction onto the reference grid first.")
     if spacing is None:
         if pred_sp is not None and ref_sp is not None and not np.allclose(pred_sp, ref_sp, rtol=1e-4):
             raise MetricInputError(f"Label maps have different spacings: {pred_sp} vs {ref_sp}.")
@@ -187,7 +214,7 @@ def segmentation_scores(
     voxel_cm3 = float(np.prod(sp)) / 1000.0
     scores: dict[str, StructureScores] = {}
     for name, value in labels.items():
-        if isinstance(value, bool) or int(value) != value:
+        if not is_whole_number(value):
             raise MetricInputError(f"Label value for '{name}' must be an integer, got {value!r}.")
         p, r = pred == value, ref == value
         scores[name] = StructureScores(

@@ -140,14 +140,16 @@ def mcnemar_test(correct_a: object, correct_b: object, exact: bool | None = None
     """
     a = as_binary(as_1d(correct_a, "correct_a"), "correct_a")
     bb = as_binary(as_1d(correct_b, "correct_b"), "correct_b")
-    check_same_length(correct_a=a, correct_b=bb)
+    if check_same_length(correct_a=a, correct_b=bb) == 0:
+        raise MetricInputError("mcnemar_test needs at least one pair.")
     b = int(np.sum(a & ~bb))
     c = int(np.sum(~a & bb))
     n = b + c
     use_exact = n < MCNEMAR_EXACT_BELOW if exact is None else bool(exact)
     if use_exact:
         p = 1.0 if n == 0 else float(stats.binomtest(min(b, c), n, 0.5, alternative="two-sided").pvalue)
-        return McNemarResult(b=b, c=c, statistic=float(min(b, c)), p_value=min(p, 1.0), method="exact binomial")
+        return McNemarResult(b=b, c=c, statistic=float(min(b, c)), p_value=min(p, 1.0),
+                             method="exact binomial")
     if n == 0:
         return McNemarResult(b=b, c=c, statistic=0.0, p_value=1.0, method="chi-square, continuity corrected")
     stat = max(abs(b - c) - 1.0, 0.0) ** 2 / n
