@@ -168,6 +168,124 @@ def cmd_models(args: argparse.Namespace) -> int:
     raise AssertionError(args.models_command)
 
 
+def _pipeline(task: str):
+    if task != "esophagus":
+        raise EngineError(f"Task '{task}' has no trainable pipeline yet; available: esophagus.")
+    from engine.pipelines import esophagus
+
+    return esophagus
+
+
+def _step_progress(kind: str) -> Callable[[str, float], None]:
+    """Progress of Segment & Stage steps: JSON lines for the Slicer module, else log lines."""
+    from engine.training.callbacks import PROGRESS_PREFIX
+
+    def emit(step: str, fraction: float) -> None:
+        if kind == "json":
+            print(PROGRESS_PREFIX + json.dumps({"kind": "step", "name": step, "fraction": round(fraction, 4)}),
+                  flush=True)
+        else:
+            log.info("%3d%%  %s", int(100 * fraction), step.replace("_", " "))
+
+    return emit
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.registry.bundle import DEMO_INTENDED_USE
+    from engine.training.callbacks import JsonLinesProgress, TqdmProgress
+
+    pipeline = _pipeline(args.task)
+    per_phase = {k: getattr(args, k) or args.epochs for k in ("lowres_epochs", "fullres_epochs", "classifier_epochs")}
+    options = pipeline.TrainOptions(
+        **{k: v for k, v in per_phase.items() if v is not None},
+        **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
+                                          "device", "folds", "seg_loss", "val_every") if getattr(args, k) is not None},
+        fold=None if args.fold == "all" else int(args.fold),
+        krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
+        direct_3d=args.direct_3d,
+        **({"model_id": args.model_id} if args.model_id else {}),
+        **({"version": args.version} if args.version else {}),
+        **({"intended_use": DEMO_INTENDED_USE} if args.demo else {}))
+    plan = None
+    if args.plan:
+        plan = args.plan
+    elif args.target_spacing:
+        from engine.data.dataset import RawDataset
+        from engine.planning import extract_fingerprint, make_plan
+
+        plan = make_plan(extract_fingerprint(RawDataset.load(args.data)), args.task, spacing=args.target_spacing)
+    progress = JsonLinesProgress(min_interval_s=1.0) if args.progress == "json" else TqdmProgress()
+    bundle = pipeline.train(args.data, args.out, options, plan=plan, callbacks=[progress], overwrite=args.overwrite,
+                            command="python -m engine " + " ".join(sys.argv[1:]))
+    print(f"Model {bundle.id} {bundle.version} ({options.variant}) written to {bundle.path}")
+    for phase, values in bundle.metrics.items():
+        if values:
+            print(f"  {phase}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()
+                                              if isinstance(v, (int, float))))
+    return 0
+
+
+def _is_batch_input(path: Path) -> bool:
+    from engine.io.image import list_dicom_series
+
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    if path.is_dir():
+        try:
+            return not list_dicom_series(path)
+        except EngineError:
+            return True
+    return False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args.task)
+    source = Path(args.input)
+    if not source.exists():
+        raise EngineError(f"Input '{source}' does not exist.")
+    if _is_batch_input(source):
+        update, close = _tqdm_progress("Segment & Stage")
+        try:
+            summary = pipeline.run_batch(source, args.out, args.model, device=args.device,
+                                         gradcam=not args.no_gradcam, overwrite=args.overwrite,
+                                         progress=lambda done, total, name: update(done, total))
+        finally:
+            close()
+        print(f"Batch summary written to {summary}")
+        return 0
+    result = pipeline.segment_and_stage(source, args.out, args.model, device=args.device,
+                                        gradcam=not args.no_gradcam, overwrite=args.overwrite,
+                                        progress=_step_progress(args.progress), series_uid=args.series_uid)
+    print(format_staging_result(result.report, result.out_dir))
+    return 0
+
+
+def format_staging_result(report: dict, out_dir: Path) -> str:
+    lines = [f"Predicted stage: {report['predicted_stage']}",
+             "Stage probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in report["stage_probabilities"].items()),
+             "Volumes (cm³): " + ", ".join(f"{k} {v:.2f}" for k, v in report["volumes_cm3"].items())]
+    lines += [f"Warning: {w}" for w in report["warnings"]]
+    lines.append(f"Model: {report['model']['id']} {report['model']['version']} ({report['model']['intended_use']})")
+    lines.append(f"Outputs in {out_dir}: " + ", ".join(sorted(p.name for p in Path(out_dir).iterdir()
+                                                             if not p.name.startswith("."))))
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args.task)
+    update, close = _tqdm_progress("evaluating")
+    try:
+        files = pipeline.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
+                                  progress=update)
+    finally:
+        close()
+    md = files.get("metrics.md")
+    if md is not None:
+        print(Path(md).read_text(encoding="utf-8"))
+    print("Written: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +337,62 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-ptv", action="store_true", help="keep PTV56/63/70 labels (default: organs 1-7)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_openkbp)
+
+    s = sub.add_parser("train", help="train a task's model on a dataset and write a model bundle")
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--data", required=True, help="dataset folder (nnU-Net raw layout + stages.csv)")
+    s.add_argument("--out", required=True, help="model bundle folder to write")
+    s.add_argument("--epochs", type=int, default=None, help="epochs of every phase (default 50)")
+    s.add_argument("--lowres-epochs", type=int, help="epochs of the low-resolution segmentation phase")
+    s.add_argument("--fullres-epochs", type=int, help="epochs of the full-resolution segmentation phase")
+    s.add_argument("--classifier-epochs", type=int, help="epochs of the stage-classification phase")
+    s.add_argument("--steps-per-epoch", type=int, help="segmentation iterations per epoch (default 50)")
+    s.add_argument("--batch-size", type=int, help="segmentation batch size (default: the plan's)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--fold", default="0", help="cross-validation fold to hold out, or 'all' to train on everything")
+    s.add_argument("--folds", type=int, help="number of folds (default 5)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
+    s.add_argument("--plan", help="use this plan.json instead of planning the dataset")
+    s.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="plan with this full-resolution spacing in mm (coarser = faster, e.g. for CPU)")
+    s.add_argument("--base-features", type=int, help="channels of the first stage (plan default 32)")
+    s.add_argument("--max-features", type=int, help="channel cap (plan default 320)")
+    s.add_argument("--seg-loss", choices=("focal", "focal+dice"),
+                   help="segmentation loss: 'focal' is the paper's; default 'focal+dice'")
+    s.add_argument("--no-krt", action="store_true", help="ablation: classify the whole volume, no KRT crop")
+    s.add_argument("--no-attention", action="store_true", help="ablation: no cross-task attention gates")
+    s.add_argument("--no-transfer", action="store_true", help="ablation: classifier encoder from random weights")
+    s.add_argument("--direct-3d", action="store_true",
+                   help="ablation: plain 3D classification of the whole volume (no KRT, attention or transfer)")
+    s.add_argument("--model-id", help="bundle id (default esophagus-nntransec)")
+    s.add_argument("--version", help="bundle version (default 1.0.0)")
+    s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")
+    s.add_argument("--progress", choices=("tqdm", "json"), default="tqdm",
+                   help="json: machine-readable '@@progress' lines (used by the Slicer module)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("run", help="Segment & Stage a CT (file, DICOM folder) or a batch (folder/CSV)")
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images or CSV list")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat map")
+    s.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+    s.add_argument("--progress", choices=("log", "json"), default="log")
+    s.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset: metrics.json/.md, ROC, Bland-Altman")
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("models", help="list, import, verify or export model bundles")
     msub = s.add_subparsers(dest="models_command", required=True, metavar="ACTION")

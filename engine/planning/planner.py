@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -290,8 +291,11 @@ def infer_task(modality: str, labels: dict[str, int]) -> str:
     return "esophagus"
 
 
-def make_plan(fp: Fingerprint, task: str) -> Plan:
-    """All configurations a task needs, plus normalisation, KRT box and stage weights."""
+def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None) -> Plan:
+    """All configurations a task needs, plus normalisation, KRT box and stage weights.
+
+    ``spacing`` (z, y, x mm) overrides the full-resolution target spacing — coarser for fast CPU
+    training or tests; the patch size, topology, KRT box and low-resolution stage follow from it."""
     if task not in TASKS:
         raise PlanError(f"Unknown task '{task}'; choose one of {', '.join(TASKS)}.")
     configs: dict[str, Configuration] = {}
@@ -300,7 +304,10 @@ def make_plan(fp: Fingerprint, task: str) -> Plan:
         spacing2d = [float(s) for s in np.median(fp.spacings[:, 1:], axis=0)]
         configs["2d"] = _configuration("2d", fp, spacing2d, 2, fixed_patch=(512, 512))
     else:
-        spacing = list(TASK_TARGET_SPACING.get(task, target_spacing(fp.spacings)))
+        if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+            raise PlanError(f"A target spacing needs three positive values (z, y, x mm), got {list(spacing)}.")
+        spacing = [float(s) for s in spacing] if spacing is not None else \
+            list(TASK_TARGET_SPACING.get(task, target_spacing(fp.spacings)))
         full = _configuration("3d_fullres", fp, spacing, 3, TASK_PATCH_SIZE.get(task))
         configs["3d_fullres"] = full
         if task == "esophagus":

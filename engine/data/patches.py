@@ -1,0 +1,115 @@
+"""Training patches from preprocessed cases: foreground oversampling + nnU-Net's augmentation set.
+
+nnU-Net samples a third of its patches centred on a foreground voxel (otherwise tumours a few
+hundred voxels large would hardly be seen) and augments with rotation, scaling, Gaussian noise and
+blur, brightness, contrast, gamma and mirroring. The augmentations are MONAI dictionary transforms;
+only the class-balanced patch centre choice is written here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from torch.utils.data import Dataset
+
+from engine.inference.krt import box_around, crop_box
+
+
+@dataclass
+class TrainingCase:
+    """One preprocessed case in memory: ``image`` (C, z, y, x) float32, ``label`` (z, y, x) uint8."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    stage: int | None = None
+
+
+def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_channels: int = 0) -> mt.Compose:
+    """nnU-Net v2's default augmentation probabilities and ranges, as MONAI transforms.
+
+    With thick slices (``anisotropic``) rotations stay in-plane, as nnU-Net does for such data.
+    ``prior_channels`` trailing image channels (a cascade's one-hot previous-stage prediction) move
+    with the spatial transforms (nearest neighbour) but get no intensity augmentation.
+    """
+    in_plane, out_plane = math.radians(30), (0.0 if anisotropic else math.radians(30))
+    keys: tuple[str, ...] = ("image", "label") + (("prior",) if prior_channels else ())
+    modes = ("bilinear", "nearest") + (("nearest",) if prior_channels else ())
+    steps: list = [
+        mt.RandAffined(keys, prob=0.2, rotate_range=(in_plane, out_plane, out_plane), scale_range=(0.15,) * 3,
+                       mode=modes, padding_mode="border"),
+        mt.RandGaussianNoised("image", prob=0.1, std=0.1),
+        mt.RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        mt.RandScaleIntensityd("image", prob=0.15, factors=0.25),            # brightness × [0.75, 1.25]
+        mt.RandScaleIntensityFixedMeand("image", prob=0.15, factors=0.25, preserve_range=True),  # contrast
+        mt.RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),  # gamma
+    ]
+    if mirror:
+        steps += [mt.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    compose = mt.Compose(steps)
+    compose.prior_channels = prior_channels  # type: ignore[attr-defined]
+    return compose
+
+
+def sample_centre(rng: np.random.Generator, label: np.ndarray, foreground: bool,
+                  class_weights: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """A voxel of a (weighted) random foreground class present in ``label``, or a uniform position."""
+    if foreground:
+        present = [c for c in np.unique(label) if c != 0]
+        if present:
+            w = np.array([class_weights[c] if class_weights is not None and c < len(class_weights) else 1.0
+                          for c in present], dtype=np.float64)
+            cls = present[int(rng.choice(len(present), p=w / w.sum()))]
+            idx = np.argwhere(label == cls)
+            return tuple(float(v) for v in idx[int(rng.integers(len(idx)))])  # type: ignore[return-value]
+    return tuple(float(rng.uniform(0, n - 1)) for n in label.shape)  # type: ignore[return-value]
+
+
+class PatchDataset(Dataset):
+    """``samples`` random patches per epoch from ``cases``.
+
+    A ``foreground_fraction`` of the patches is centred on a foreground voxel (class chosen with
+    ``class_weights``, e.g. favouring the tumour). Randomness comes from NumPy's global generator
+    per item, which the trainer seeds per run and per worker, so runs are reproducible.
+    """
+
+    def __init__(self, cases: Sequence[TrainingCase], patch_size: Sequence[int], samples: int,
+                 augment: mt.Compose | None = None, foreground_fraction: float = 1 / 3,
+                 class_weights: Sequence[float] | None = None):
+        if not cases:
+            raise ValueError("PatchDataset needs at least one case")
+        self.cases = list(cases)
+        self.patch_size = [int(p) for p in patch_size]
+        self.samples = int(samples)
+        self.augment = augment
+        self.foreground_fraction = foreground_fraction
+        self.class_weights = class_weights
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        centre = sample_centre(rng, case.label, rng.random() < self.foreground_fraction, self.class_weights)
+        jitter = [rng.uniform(-p / 4, p / 4) for p in self.patch_size]
+        box = box_around([c + j for c, j in zip(centre, jitter)], self.patch_size, "sample")
+        image = crop_box(case.image, box, pad_value=case.image.reshape(case.image.shape[0], -1).min(axis=1))
+        label = crop_box(case.label[None], box, pad_value=0)
+        item = {"image": torch.from_numpy(image), "label": torch.from_numpy(label.astype(np.int64))}
+        if self.augment is not None:
+            prior = int(getattr(self.augment, "prior_channels", 0))
+            if prior:
+                item["image"], item["prior"] = item["image"][:-prior], item["image"][-prior:]
+            self.augment.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
+            item = self.augment(item)
+            channels = [torch.as_tensor(item["image"]).float()]
+            if prior:
+                channels.append(torch.as_tensor(item["prior"]).float().round())
+            item = {"image": torch.cat(channels, 0), "label": torch.as_tensor(item["label"]).round().long()}
+        return item

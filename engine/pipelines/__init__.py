@@ -1,0 +1,1 @@
+"""One pipeline module per task (train, Segment & Stage, evaluate); shared output writing."""

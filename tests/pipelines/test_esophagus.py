@@ -1,0 +1,263 @@
+"""EsophagusStaging end to end on tiny phantoms: train (all three phases) → Segment & Stage → outputs.
+
+One tiny model is trained once per module (coarse plan, 4-channel network, a few steps): the tests
+check shapes, geometry, probabilities, Grad-CAM placement, volumes, the KRT crop, ablation switches
+and bad inputs — not accuracy, which ``docs/results.md`` reports for the demo weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from engine.cli import main as cli_main
+from engine.errors import BundleError, EngineError, ImageError
+from engine.inference.krt import bbox_centre, crop_box, krt_box
+from engine.io.image import Image, read_image, write_image
+from engine.io.segmentation_nrrd import read_segmentation_nrrd
+from engine.pipelines import esophagus as eso
+from engine.pipelines.outputs import RUN_FILES
+from engine.planning import extract_fingerprint, make_plan
+from engine.registry.bundle import load_bundle
+from engine.synth import generate_dataset
+
+TINY = dict(lowres_epochs=1, fullres_epochs=1, classifier_epochs=1, steps_per_epoch=2, base_features=4,
+            max_features=8, folds=4, fold=0, val_every=1, device="cpu", seed=1)
+SPACING = (6.0, 3.9, 3.9)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eso")
+    ds = generate_dataset("esophagus", root / "data", cases=8, seed=5)
+    plan = make_plan(extract_fingerprint(ds), "esophagus", spacing=SPACING)
+    bundle = eso.train(root / "data", root / "model", eso.TrainOptions(**TINY), plan=plan)
+    return {"root": root, "dataset": ds, "plan": plan, "bundle": bundle,
+            "predictor": eso.EsophagusPredictor(bundle, "cpu")}
+
+
+def test_training_writes_a_verified_bundle_with_three_weight_files(tiny):
+    bundle = load_bundle(tiny["bundle"].path, expected_task="esophagus", verify=True)
+    assert set(bundle.weight_names) == {eso.LOWRES, eso.FULLRES, eso.CLASSIFIER}
+    assert bundle.architecture["name"] == "nn-MTNet" and bundle.architecture["variant"] == "full"
+    assert bundle.plan["krt_box_size"] == tiny["plan"].krt_box_size
+    assert bundle.training["seed"] == 1 and "hardware" in bundle.training and bundle.training["command"]
+    assert [lab.name for lab in bundle.labels] == ["EC", "aorta", "esophagus", "lymph node", "pericardium"]
+    assert set(bundle.metrics) == {"lowres", "fullres", "classifier"}
+    assert not (tiny["root"] / ".model.work").exists()  # working files are cleaned up
+
+
+def test_prediction_is_in_the_original_geometry(tiny):
+    case = tiny["dataset"].training[0]
+    image = case.load_image()
+    pred = tiny["predictor"].predict(image)
+    for out in (pred.labels, pred.gradcam):
+        assert out.shape == image.shape
+        assert out.spacing == image.spacing and out.origin == image.origin
+        np.testing.assert_array_equal(out.direction, image.direction)
+    assert set(np.unique(pred.labels.array)) <= {0, 1, 2, 3, 4, 5}
+    probs = np.array(list(pred.stage_probabilities.values()))
+    assert list(pred.stage_probabilities) == ["T1", "T2", "T3", "T4"]
+    assert probs.min() >= 0 and abs(probs.sum() - 1) < 1e-6
+    assert pred.predicted_stage == max(pred.stage_probabilities, key=pred.stage_probabilities.get)
+    assert list(pred.timings_s) == list(eso.INFERENCE_STEPS)
+
+
+def test_volumes_equal_voxel_counts_times_voxel_volume(tiny):
+    image = tiny["dataset"].training[1].load_image()
+    pred = tiny["predictor"].predict(image, gradcam=False)
+    voxel_cm3 = np.prod(image.spacing) / 1000
+    for name, value in tiny["plan"].labels.items():
+        if value:
+            assert pred.volumes_cm3[name] == pytest.approx((pred.labels.array == value).sum() * voxel_cm3)
+    assert pred.gradcam is None
+
+
+def test_gradcam_is_in_0_1_and_lies_inside_the_krt_box(tiny):
+    image = tiny["dataset"].training[2].load_image()
+    pred = tiny["predictor"].predict(image)
+    cam = pred.gradcam.array
+    assert cam.min() >= 0 and cam.max() <= 1 and cam.dtype == np.float32
+    box = pred.krt_box
+    lo = np.minimum(box["first_corner_lps_mm"], box["last_corner_lps_mm"])
+    hi = np.maximum(box["first_corner_lps_mm"], box["last_corner_lps_mm"])
+    img = pred.gradcam.to_sitk()
+    margin = np.array(image.spacing_xyz) * 2  # interpolation blurs the box edge by about a voxel
+    for idx in np.argwhere(cam > 0.05)[:: max(1, int((cam > 0.05).sum() // 200))]:
+        point = np.array(img.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]]))
+        assert np.all(point >= lo - margin) and np.all(point <= hi + margin)
+
+
+def test_krt_crop_is_centred_on_the_tumour_and_pads_outside():
+    labels = np.zeros((20, 30, 30), np.uint8)
+    labels[3:7, 10:16, 0:4] = 1      # tumour at the x border
+    labels[8:12, 8:12, 8:12] = 3
+    box = krt_box(labels, (8, 8, 8), tumour_label=1, fallback_label=3)
+    assert box.source == "tumour"
+    assert box.centre == bbox_centre(labels == 1) == (4.5, 12.5, 1.5)
+    crop = crop_box(labels[None].astype(np.float32), box, pad_value=-1)[0]
+    assert crop.shape == (8, 8, 8)
+    assert (crop == -1).any()                     # the box leaves the volume at x < 0
+    zz, yy, xx = np.nonzero(crop == 1)
+    assert np.mean(zz) == pytest.approx(3.5) and np.mean(yy) == pytest.approx(3.5)
+    labels[labels == 1] = 0
+    assert krt_box(labels, (8, 8, 8), 1, 3).source == "esophagus"
+    assert krt_box(np.zeros_like(labels), (8, 8, 8), 1, 3).source == "volume"
+
+
+def test_segment_and_stage_writes_every_output_consistently(tiny, tmp_path):
+    case = tiny["dataset"].training[3]
+    result = eso.segment_and_stage(case.image_files[0], tmp_path / "run", tiny["predictor"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    for key in ("task", "model", "input", "stage_probabilities", "predicted_stage", "volumes_cm3", "krt_box",
+                "warnings", "timings_s"):
+        assert key in report
+    assert report["model"]["sha256"] == {w.name: w.sha256 for w in tiny["bundle"].weights}
+    assert abs(sum(report["stage_probabilities"].values()) - 1) < 1e-6
+    seg = read_image(tmp_path / "run" / "segmentation.nii.gz")
+    np.testing.assert_array_equal(seg.array, result.prediction.labels.array)
+    slicer_seg, segments = read_segmentation_nrrd(tmp_path / "run" / "segmentation.seg.nrrd")
+    np.testing.assert_array_equal(slicer_seg.array, seg.array)
+    assert [s.name for s in segments] == ["EC", "aorta", "esophagus", "lymph node", "pericardium"]
+    assert segments[0].terminology and "108369006" in segments[0].terminology
+    cam = read_image(tmp_path / "run" / "gradcam.nii.gz", validate=False)
+    assert cam.shape == seg.shape and 0 <= cam.array.min() and cam.array.max() <= 1
+
+
+def test_existing_results_are_not_overwritten_without_permission(tiny, tmp_path):
+    case = tiny["dataset"].training[0]
+    out = tmp_path / "run"
+    eso.segment_and_stage(case.image_files[0], out, tiny["predictor"], gradcam=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(EngineError, match="already holds results"):
+        eso.segment_and_stage(case.image_files[0], out, tiny["predictor"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    eso.segment_and_stage(case.image_files[0], out, tiny["predictor"], overwrite=True)
+    assert (out / "gradcam.nii.gz").exists()
+
+
+@pytest.mark.parametrize("kind", ["mr", "2d", "4d"])
+def test_bad_inputs_are_refused_without_writing(tiny, tmp_path, kind):
+    image = tiny["dataset"].training[0].load_image()
+    path = tmp_path / "bad.nii.gz"
+    if kind == "mr":
+        write_image(Image(np.abs(image.array) / 3 + 5, image.spacing, image.origin, image.direction), path)
+        error = ImageError
+    elif kind == "2d":
+        sitk.WriteImage(sitk.GetImageFromArray(image.array[10]), str(path))
+        error = ImageError
+    else:
+        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(image.array)] * 2), str(path))
+        error = ImageError
+    with pytest.raises(error):
+        eso.segment_and_stage(path, tmp_path / "out", tiny["predictor"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_model_of_another_task_and_tampered_model_are_refused(tiny, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny["bundle"].path, other)
+    manifest = json.loads((other / "model.json").read_text())
+    manifest["task"] = "npc"
+    (other / "model.json").write_text(json.dumps(manifest))
+    image_path = tiny["dataset"].training[0].image_files[0]
+    with pytest.raises(BundleError, match="npc"):
+        eso.segment_and_stage(image_path, tmp_path / "out1", other)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny["bundle"].path, tampered)
+    weights = tampered / f"{eso.CLASSIFIER}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError):
+        eso.segment_and_stage(image_path, tmp_path / "out2", tampered)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_cancel_leaves_no_outputs(tiny, tmp_path):
+    case = tiny["dataset"].training[0]
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(EngineError, match="cancel"):
+        eso.segment_and_stage(case.image_files[0], tmp_path / "run", tiny["predictor"], cancel=cancel)
+    assert not any((tmp_path / "run").glob("*")) if (tmp_path / "run").exists() else True
+
+
+def test_batch_run_from_a_folder_writes_a_summary(tiny, tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for case in tiny["dataset"].training[:2]:
+        (folder / case.image_files[0].name).symlink_to(case.image_files[0])
+    (folder / "broken.nii.gz").write_bytes(b"not an image")
+    summary = eso.run_batch(folder, tmp_path / "batch", tiny["bundle"], device="cpu", gradcam=False)
+    import csv
+
+    rows = list(csv.DictReader(summary.open()))
+    assert [r["status"] for r in rows] == ["error", "ok", "ok"]
+    assert rows[1]["predicted_stage"] in ("T1", "T2", "T3", "T4")
+    assert (tmp_path / "batch" / rows[1]["case"] / "report.json").exists()
+
+
+def test_ablation_switches_change_the_model():
+    from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet
+
+    spec = NetworkSpec(7, 6, [4, 8, 8], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
+    full = NnMTNet(spec, ClassifierOptions(attention=True))
+    plain = NnMTNet(spec, ClassifierOptions(attention=False))
+    assert full.classifier.uses_attention and not plain.classifier.uses_attention
+    assert sum(p.numel() for p in full.classifier.parameters()) > sum(p.numel() for p in plain.classifier.parameters())
+    ct, seg_in = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 7, 16, 16, 16)
+    assert full.classify(ct, seg_in).shape == plain.classify(ct).shape == (1, 4)
+    # transfer copies the trained segmentation encoder (CT channel of the first convolutions)
+    before = full.classifier.encoder.stages[1].conv1.conv.weight.clone()
+    assert full.transfer_encoder() > 0
+    assert not torch.equal(before, full.classifier.encoder.stages[1].conv1.conv.weight)
+    torch.testing.assert_close(full.classifier.encoder.stages[1].conv1.conv.weight,
+                               full.segmentation.encoder.stages[1].conv1.conv.weight)
+    torch.testing.assert_close(full.classifier.encoder.stages[0].conv1.conv.weight,
+                               full.segmentation.encoder.stages[0].conv1.conv.weight[:, :1])
+    options = {v: eso.TrainOptions(**flags) for v, flags in {
+        "full": {}, "no-krt": {"krt": False}, "no-attention": {"attention": False},
+        "no-transfer": {"transfer": False}, "direct-3d": {"direct_3d": True}}.items()}
+    assert {v: o.variant for v, o in options.items()} == {v: v for v in options}
+    d3 = options["direct-3d"]
+    assert not (d3.krt or d3.attention or d3.transfer)
+
+
+@pytest.mark.slow
+def test_no_krt_variant_trains_and_classifies_the_whole_volume(tiny, tmp_path):
+    bundle = eso.train(tiny["root"] / "data", tmp_path / "model",
+                       eso.TrainOptions(**{**TINY, "krt": False, "attention": False}), plan=tiny["plan"])
+    assert bundle.architecture["krt"] is False and bundle.architecture["whole_volume_size"]
+    pred = eso.EsophagusPredictor(bundle, "cpu").predict(tiny["dataset"].training[0].load_image())
+    assert pred.krt_box["centred_on"] == "volume"
+    assert abs(sum(pred.stage_probabilities.values()) - 1) < 1e-6
+
+
+def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
+    case = tiny["dataset"].training[0]
+    model = str(tiny["bundle"].path)
+    assert cli_main(["run", "--task", "esophagus", "--input", str(case.image_files[0]), "--out",
+                     str(tmp_path / "run"), "--model", model, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Predicted stage: T" in out and "Volumes (cm³)" in out
+    assert cli_main(["run", "--task", "esophagus", "--input", str(case.image_files[0]), "--out",
+                     str(tmp_path / "run"), "--model", model]) == 2          # existing results
+    assert cli_main(["evaluate", "--task", "esophagus", "--data", str(tiny["root"] / "data"), "--model", model,
+                     "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics
+    for name in ("metrics.md", "roc.png", "bland_altman.png"):
+        assert (tmp_path / "eval" / name).exists()
