@@ -71,7 +71,8 @@ class ValidationReport:
 
 def validate_dataset(root: str | os.PathLike, require_stages: bool | None = None,
                      progress: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Validate a raw dataset; ``require_stages`` defaults to True when ``stages.csv`` exists."""
+    """Validate a raw dataset; ``require_stages`` defaults to True when ``stages.csv`` exists and
+    dataset.json declares stages or ``stages.csv`` gives a T-stage for some case."""
     root = Path(root)
     report = ValidationReport(root=str(root))
     try:
@@ -89,7 +90,8 @@ def validate_dataset(root: str | os.PathLike, require_stages: bool | None = None
                          f"{len(ds.training)} case(s).")
     stages_file = (root / "stages.csv").is_file()
     if require_stages is None:
-        require_stages = stages_file
+        # a stages.csv holding only outcome/pathology (PET) has an empty t_stage column: no stages needed then
+        require_stages = stages_file and (bool(desc.stages) or any(c.stage for c in ds.training + ds.test))
     known_stages = set(desc.stages) if desc.stages else None
     allowed_values = set(desc.labels.values())
     name_of = {v: k for k, v in desc.labels.items()}

@@ -1,0 +1,131 @@
+"""Esophageal cancer CT phantom: the invasion-depth T-stage rule, stage mix, HU, difficulty (engine.synth.esophagus)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from engine.synth import esophagus, generate_case
+from engine.synth.common import STAGES
+from tests.synth._checks import best_threshold_dice, separability_auc, touches6
+
+PER_STAGE = 6
+
+
+@pytest.fixture(scope="module")
+def cases_by_stage() -> dict[str, list]:
+    """Six small cases built for each stage (seeds picked with ``draw_stage``)."""
+    seeds: dict[str, list[int]] = {s: [] for s in STAGES}
+    seed = 0
+    while min(len(v) for v in seeds.values()) < PER_STAGE:
+        stage = esophagus.draw_stage(seed)
+        if len(seeds[stage]) < PER_STAGE:
+            seeds[stage].append(seed)
+        seed += 1
+    return {stage: [generate_case("esophagus", s) for s in ss] for stage, ss in seeds.items()}
+
+
+def _all(cases_by_stage):
+    return [c for cs in cases_by_stage.values() for c in cs]
+
+
+def test_masks_agree_with_the_label_map(cases_by_stage):
+    for case in _all(cases_by_stage):
+        m, lab = case.meta["masks"], case.label.array
+        assert np.array_equal(m["tumour"], lab == 1)
+        assert np.array_equal(m["aorta"], lab == 2)
+        assert np.array_equal(m["pericardium"], lab == 5)
+        # the wall compartment is the esophagus label plus whatever tumour replaced
+        assert np.array_equal(m["wall"] & ~m["tumour"], lab == 3)
+        assert not np.any(m["inner_layers"] & ~m["wall"])
+        assert np.array_equal(m["muscularis"], m["wall"] & ~m["inner_layers"])
+        assert m["tumour"].sum() >= 8
+
+
+def test_stage_follows_invasion_depth(cases_by_stage):
+    """Re-derive every stage from the compartment masks with the clinical rule."""
+    seen = collections.Counter()
+    for case in _all(cases_by_stage):
+        m = case.meta["masks"]
+        t = m["tumour"]
+        stage = case.targets.t_stage
+        assert stage == case.meta["stage"]
+        seen[stage] += 1
+        invades = touches6(t, m["aorta"] | m["pericardium"])
+        outside_wall = bool(np.any(t & ~m["wall"]))
+        beyond_inner = bool(np.any(t & ~m["inner_layers"]))
+        if stage == "T4":
+            assert invades, case.meta["seed"]
+        else:
+            assert not invades, case.meta["seed"]
+        if stage == "T1":
+            assert not beyond_inner, case.meta["seed"]          # stays in mucosa/submucosa
+        if stage == "T2":
+            assert beyond_inner and not outside_wall, case.meta["seed"]
+        if stage == "T3":
+            assert outside_wall, case.meta["seed"]
+    assert set(seen) == set(STAGES), seen
+
+
+def test_generator_builds_the_stage_it_draws(cases_by_stage):
+    built = [c.meta["stage"] == c.meta["stage_sampled"] for c in _all(cases_by_stage)]
+    assert np.mean(built) >= 0.9
+    for stage in ("T1", "T2", "T4"):
+        assert all(c.meta["stage"] == stage for c in cases_by_stage[stage]), stage
+
+
+def test_stage_mix_is_ec169():
+    n = 3000
+    counts = collections.Counter(esophagus.draw_stage(s) for s in range(n))
+    for stage, p in zip(STAGES, esophagus.STAGE_PROBABILITIES):
+        assert abs(counts[stage] / n - p) < 0.03, (stage, counts[stage] / n)
+    assert esophagus.STAGE_PROBABILITIES == (0.17, 0.19, 0.54, 0.10)
+
+
+def test_invasion_depth_increases_with_stage(cases_by_stage):
+    depth = {s: np.median([c.meta["invasion_depth_mm"] for c in cs]) for s, cs in cases_by_stage.items()}
+    assert depth["T1"] < depth["T2"] < depth["T3"]
+    assert depth["T1"] < 0 and depth["T2"] <= 0 < depth["T3"]
+
+
+def test_intensities_are_plausible_hu(cases_by_stage):
+    for case in [cs[0] for cs in cases_by_stage.values()]:
+        img, lab, m = case.image.array, case.label.array, case.meta["masks"]
+        assert case.image.modality == "CT"
+        assert img.min() >= -1024 and img.max() <= 3071
+        assert -10 <= np.median(img[lab == 2]) <= 100          # aorta (non-contrast blood)
+        assert -10 <= np.median(img[lab == 1]) <= 100          # tumour: soft tissue
+        assert -10 <= np.median(img[(lab == 3) & m["muscularis"]]) <= 100
+        assert -60 <= np.median(img[lab == 4]) <= 100          # lymph nodes in fat (partial volume)
+        assert np.percentile(img, 2) < -700                     # aerated lung in the field of view
+        assert np.percentile(img, 99.9) > 200                   # vertebral bone
+
+
+def test_tumour_is_not_separable_by_hu(cases_by_stage):
+    """The tumour's HU overlaps the esophageal wall and lymph nodes: no threshold finds it."""
+    aucs, dices = [], []
+    for case in _all(cases_by_stage)[::2]:
+        img, lab, m = case.image.array, case.label.array, case.meta["masks"]
+        soft = ((lab == 3) & m["muscularis"]) | (lab == 4)
+        aucs.append(separability_auc(img[lab == 1], img[soft]))
+        dices.append(best_threshold_dice(img, lab == 1))
+    assert max(aucs) < 0.85, aucs
+    assert np.mean(aucs) < 0.75, aucs
+    assert max(dices) < 0.1, dices
+
+
+def test_presets():
+    assert esophagus.PRESETS["realistic"].shape == (237, 256, 256)
+    assert esophagus.PRESETS["realistic"].spacing == (1.0, 0.73, 0.73)
+    small = esophagus.PRESETS["small"]
+    assert all(a <= b for a, b in zip(small.shape, (237, 256, 256)))
+
+
+@pytest.mark.slow
+def test_realistic_case_has_the_paper_geometry():
+    case = generate_case("esophagus", 4, preset="realistic")
+    assert case.image.shape == (237, 256, 256) and case.label.shape == (237, 256, 256)
+    assert case.image.spacing == (1.0, 0.73, 0.73)
+    assert case.targets.t_stage in STAGES and case.meta["tumour_voxels"] > 100
