@@ -149,7 +149,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not infos:
             print(f"No models found (user model directory: {registry.user_model_dir()}).")
         for info in infos:
-            print(registry.describe_bundle_info(info))
+            print(f"{info.id or '?'}\t{info.task or '?'}\t{info.display_name}\t{info.path}")
         return 0
     if args.models_command == "import":
         bundle = registry.import_bundle(args.zip, overwrite=args.overwrite)
