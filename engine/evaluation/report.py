@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from engine.errors import EngineError
+from engine.utils.atomic import atomic_write_bytes
 from engine.metrics import (
     BlandAltmanResult,
     ClassificationReport,
@@ -553,18 +553,6 @@ def render_bland_altman_png(report: EvaluationReport) -> bytes | None:
 
 # --- writing -------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike[str],
                  overwrite: bool = False) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md`` and, when there is something to plot, ``roc.png`` (stage
@@ -604,7 +592,7 @@ def write_report(report: EvaluationReport, out_dir: str | os.PathLike[str],
                 path.unlink(missing_ok=True)
             continue
         try:
-            _atomic_write(path, data)
+            atomic_write_bytes(path, data)
         except OSError as exc:
             raise EngineError(f"Cannot write {path}: {exc}") from exc
         written[key] = path

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file as st_save_file
 
+from engine.utils.atomic import fsync_dir, fsync_file, temporary_path, atomic_write_bytes, atomic_write_text  # noqa: F401
 from engine.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -42,52 +43,7 @@ FORMAT_VERSION = 1
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 
 
-# --------------------------------------------------------------------------- atomic file writes
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames durable; best effort (not every platform lets a folder be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# atomic file writes live in engine.utils.atomic (shared with reports and bundles)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -230,10 +186,10 @@ class Checkpoint:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], final: Path) -> None:
-    tmp = _tmp_path(final)
+    tmp = temporary_path(final)
     try:
         st_save_file(tensors, str(tmp), metadata={"format": "pt"})
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
