@@ -380,6 +380,9 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                                          [to_tc(c, c.low) for c in val_cases], cfg_low.patch_size,
                                          batch_low, options.lowres_epochs)
     # --- cascade input: low-resolution predictions on the full-resolution grid ------------------
+    # nnU-Net feeds the full-resolution stage with cross-validated low-resolution predictions; here the
+    # one low-resolution network predicts every case (training cases included), which is cheaper but a
+    # little optimistic on the training cases. The KRT crops below use the reference tumour with jitter.
     window_low = SlidingWindowPredictor(cfg_low.patch_size, device)
     for c in prepared:
         _check_cancel(cancel)
