@@ -261,3 +261,17 @@ def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
     assert metrics
     for name in ("metrics.md", "roc.png", "bland_altman.png"):
         assert (tmp_path / "eval" / name).exists()
+
+
+def test_demo_runs_segment_and_stage_with_an_installed_model(tiny, tmp_path, capsys):
+    import os
+    import shutil
+
+    from engine import demo
+
+    shutil.copytree(tiny["bundle"].path, Path(os.environ["ONCOSTAGING_MODEL_DIR"]) / "esophagus-nntransec-1.0.0")
+    assert demo.main(["--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "true stage T" in out and "Predicted stage: T" in out and "Volumes (cm³)" in out
+    report = json.loads((tmp_path / "demo" / "segment_and_stage" / "report.json").read_text())
+    assert report["model"]["id"] == tiny["bundle"].id
