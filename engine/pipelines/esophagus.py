@@ -16,6 +16,7 @@ import logging
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -173,6 +174,12 @@ def lowres_to_fullres(low_probs: torch.Tensor, low: PreprocessRecord, full: Prep
     return pad(one_hot(labels, num_classes), full.pads, value=0.0)
 
 
+def outside_values(seg_input: np.ndarray) -> list[float]:
+    """What a crop reaching outside the volume is padded with, per channel of the full-resolution
+    input: the CT's minimum (air after normalisation) and a one-hot prior saying "background"."""
+    return [float(seg_input[0].min()), 1.0] + [0.0] * (seg_input.shape[0] - 2)
+
+
 def _fullres_input(case: PreparedCase) -> np.ndarray:
     assert case.prior is not None
     return np.concatenate([case.full.image, case.prior], axis=0)
@@ -187,7 +194,7 @@ def network_specs(plan: Plan, options: TrainOptions) -> tuple[NetworkSpec, Netwo
     return low, full
 
 
-class _CombinedCallbacks:
+class _PhaseTaggedCallbacks:
     """Tags trainer events with the phase, so one GUI progress bar can follow all three phases."""
 
     def __init__(self, phase: str, callbacks: Sequence[Callback]):
@@ -253,12 +260,10 @@ class StageCrops(torch.utils.data.Dataset):
             if self.train and self.jitter > 0:
                 shift = [np.random.uniform(-self.jitter, self.jitter) * n for n in box.size]
                 box = box_around([c + s for c, s in zip(box.centre, shift)], box.size, box.source)
-            pad_values = [float(case.full.image[0].min())] + [1.0] + [0.0] * (seg_input.shape[0] - 2)
-            seg_input = crop_box(seg_input, box, pad_value=pad_values)
+            seg_input = crop_box(seg_input, box, pad_value=outside_values(seg_input))
         elif self.size is not None:
             seg_input = crop_box(seg_input, box_around([(n - 1) / 2 for n in seg_input.shape[1:]], self.size,
-                                                       "volume"),
-                                 pad_value=[float(case.full.image[0].min()), 1.0] + [0.0] * (seg_input.shape[0] - 2))
+                                                       "volume"), pad_value=outside_values(seg_input))
         if self.train:
             for axis in (1, 2, 3):
                 if np.random.rand() < 0.5 and axis != 1:  # in-plane mirroring only: keep cranio-caudal order
@@ -364,7 +369,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         task = SegmentationTask(loss, num_classes, _segmentation_infer(patch, device), class_names)
         cfg = _trainer_config(options, work / phase, epochs, batch, options.lr,
                               "val_dice" if val else "train_loss", "max" if val else "min", options.steps_per_epoch)
-        result = Trainer(net, task, data, val, cfg, callbacks=[_CombinedCallbacks(phase, callbacks)],
+        result = Trainer(net, task, data, val, cfg, callbacks=[_PhaseTaggedCallbacks(phase, callbacks)],
                          cancel=cancel, collate_fn=None).fit()
         if result.cancelled:
             raise Cancelled("training cancelled by the user; no model was written")
@@ -424,7 +429,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     cfg = _trainer_config(options, work / "classifier", options.classifier_epochs,
                           min(options.classifier_batch_size, len(train_cases)), options.classifier_lr,
                           "val_auc" if cls_val else "train_loss", "max" if cls_val else "min", None)
-    result = Trainer(net, cls_task, cls_train, cls_val, cfg, callbacks=[_CombinedCallbacks("classifier", callbacks)],
+    result = Trainer(net, cls_task, cls_train, cls_val, cfg, callbacks=[_PhaseTaggedCallbacks("classifier", callbacks)],
                      cancel=cancel).fit()
     if result.cancelled:
         raise Cancelled("training cancelled by the user; no model was written")
@@ -451,7 +456,6 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         weights={LOWRES: low_net.state_dict(), FULLRES: net.segmentation.state_dict(),
                  CLASSIFIER: net.classifier.state_dict()},
         model_card=model_card(options, ds.description.name, metrics), overwrite=overwrite)
-    import shutil
     shutil.rmtree(work, ignore_errors=True)
     return bundle
 
@@ -588,8 +592,7 @@ class EsophagusPredictor:
             if box.source != "tumour" and self.use_krt:
                 warnings.append("No tumour (EC) was found in the segmentation; the staging crop was centred on the "
                                 f"{box.source} instead, so the T-stage is unreliable.")
-            pads = [float(full.image[0].min()), 1.0] + [0.0] * (self.num_classes - 1)
-            crop = torch.from_numpy(crop_box(seg_input, box, pad_value=pads))[None]
+            crop = torch.from_numpy(crop_box(seg_input, box, pad_value=outside_values(seg_input)))[None]
         device = window_full.device
         self.net.to(device)
         with timer.step("classification"):
