@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai import transforms as mt
+from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
 from engine.inference.krt import box_around, crop_box
@@ -54,6 +55,11 @@ def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_ch
     compose = mt.Compose(steps)
     compose.prior_channels = prior_channels  # type: ignore[attr-defined]
     return compose
+
+
+def plain_tensor(x) -> torch.Tensor:
+    """A ``torch.Tensor`` without MONAI metadata (MetaTensor), whatever ``x`` is."""
+    return convert_to_tensor(x, track_meta=False)
 
 
 def sample_centre(rng: np.random.Generator, label: np.ndarray, foreground: bool,
@@ -108,8 +114,10 @@ class PatchDataset(Dataset):
                 item["image"], item["prior"] = item["image"][:-prior], item["image"][-prior:]
             self.augment.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
             item = self.augment(item)
-            channels = [torch.as_tensor(item["image"]).float()]
+            # plain tensors: MONAI returns MetaTensors, whose per-op metadata tracking would follow the
+            # batch through the whole network and make each training step several times slower
+            channels = [plain_tensor(item["image"]).float()]
             if prior:
-                channels.append(torch.as_tensor(item["prior"]).float().round())
-            item = {"image": torch.cat(channels, 0), "label": torch.as_tensor(item["label"]).round().long()}
+                channels.append(plain_tensor(item["prior"]).float().round())
+            item = {"image": torch.cat(channels, 0), "label": plain_tensor(item["label"]).round().long()}
         return item

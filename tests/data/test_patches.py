@@ -1,0 +1,104 @@
+"""Training patches: shapes, padding, foreground oversampling, cascade prior handling, plain tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation, plain_tensor, sample_centre
+
+
+def _case(shape=(12, 20, 20), prior_channels: int = 0) -> TrainingCase:
+    """A CT-like channel plus an optional one-hot prior; one small class-1 cube, one large class-2 slab."""
+    rng = np.random.default_rng(0)
+    label = np.zeros(shape, np.uint8)
+    label[2:4, 3:5, 3:5] = 1
+    label[8:, :, :] = 2
+    ct = rng.normal(size=(1, *shape)).astype(np.float32)
+    channels = [ct]
+    if prior_channels:
+        channels.append((label[None] == np.arange(prior_channels).reshape(-1, 1, 1, 1)).astype(np.float32))
+    return TrainingCase("c0", np.concatenate(channels, 0), label, stage=1)
+
+
+def test_sample_centre_picks_the_weighted_class():
+    label = _case().label
+    rng = np.random.default_rng(1)
+    centres = [sample_centre(rng, label, True, class_weights=[0.0, 1.0, 0.0]) for _ in range(50)]
+    assert all(label[tuple(int(c) for c in centre)] == 1 for centre in centres)
+    # without foreground, centres are uniform positions inside the volume
+    uniform = [sample_centre(rng, label, False) for _ in range(50)]
+    assert all(0 <= c <= n - 1 for centre in uniform for c, n in zip(centre, label.shape))
+
+
+def test_sample_centre_on_empty_label_falls_back_to_uniform():
+    label = np.zeros((4, 5, 6), np.uint8)
+    centre = sample_centre(np.random.default_rng(0), label, True, class_weights=[0.0, 1.0])
+    assert all(0 <= c <= n - 1 for c, n in zip(centre, label.shape))
+
+
+def test_patches_have_patch_size_and_pad_beyond_the_volume():
+    case = _case()
+    data = PatchDataset([case], patch_size=(16, 24, 24), samples=6)  # larger than the volume in y, x
+    np.random.seed(0)
+    for i in range(len(data)):
+        item = data[i]
+        assert item["image"].shape == (1, 16, 24, 24) and item["label"].shape == (1, 16, 24, 24)
+        assert item["image"].dtype == torch.float32 and item["label"].dtype == torch.int64
+        # padding uses the channel minimum (air), never a value below it
+        assert float(item["image"].min()) >= float(case.image.min()) - 1e-6
+        assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
+
+
+def test_foreground_fraction_one_always_contains_the_small_class():
+    data = PatchDataset([_case()], patch_size=(4, 6, 6), samples=20, foreground_fraction=1.0,
+                        class_weights=[0.0, 1.0, 0.0])
+    np.random.seed(3)
+    # jitter is at most a quarter patch, so the 2-voxel cube stays inside every 4x6x6 patch
+    assert all(int((data[i]["label"] == 1).sum()) > 0 for i in range(len(data)))
+
+
+def test_seeded_sampling_is_reproducible():
+    data = PatchDataset([_case()], patch_size=(8, 8, 8), samples=4, augment=nnunet_augmentation())
+
+    def draw():
+        np.random.seed(42)
+        return [data[i] for i in range(len(data))]
+
+    for a, b in zip(draw(), draw()):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_augmented_items_are_plain_tensors():
+    """MONAI returns MetaTensors; they must not reach the network (slow per-op metadata tracking)."""
+    data = PatchDataset([_case()], patch_size=(8, 12, 12), samples=4, augment=nnunet_augmentation())
+    np.random.seed(0)
+    batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+    assert type(batch["image"]) is torch.Tensor and type(batch["label"]) is torch.Tensor
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_prior_channels_stay_one_hot_and_move_with_the_label(anisotropic):
+    """The cascade prior gets the spatial transforms (nearest) but no intensity augmentation."""
+    case = _case(prior_channels=3)
+    aug = nnunet_augmentation(anisotropic=anisotropic, prior_channels=3)
+    data = PatchDataset([case], patch_size=(12, 20, 20), samples=30, augment=aug, foreground_fraction=1.0)
+    np.random.seed(5)
+    for i in range(len(data)):
+        item = data[i]
+        prior = item["image"][1:]
+        assert item["image"].shape == (4, 12, 20, 20)
+        assert set(torch.unique(prior).tolist()) <= {0.0, 1.0}
+        # the prior was made from the label itself, so after any spatial transform they still agree
+        # except where padding filled in (prior all zero there)
+        covered = prior.sum(0) > 0
+        assert torch.equal(prior.argmax(0)[covered], item["label"][0][covered])
+
+
+def test_plain_tensor_strips_metadata():
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.ones(2, 3))
+    y = plain_tensor(x)
+    assert type(y) is torch.Tensor and torch.equal(y, torch.ones(2, 3))
