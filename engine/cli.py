@@ -199,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = pipeline.TrainOptions(
         **{k: v for k, v in per_phase.items() if v is not None},
         **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
-                                          "device", "folds", "seg_loss", "val_every") if getattr(args, k) is not None},
+                                          "device", "folds", "seg_loss", "val_every", "segmentation_from")
+           if getattr(args, k) is not None},
         fold=None if args.fold == "all" else int(args.fold),
         krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
         direct_3d=args.direct_3d,
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-transfer", action="store_true", help="ablation: classifier encoder from random weights")
     s.add_argument("--direct-3d", action="store_true",
                    help="ablation: plain 3D classification of the whole volume (no KRT, attention or transfer)")
+    s.add_argument("--segmentation-from", metavar="MODEL",
+                   help="reuse this model's plan and segmentation networks and train only the classifier "
+                        "(ablations, new stage labels)")
     s.add_argument("--model-id", help="bundle id (default esophagus-nntransec)")
     s.add_argument("--version", help="bundle version (default 1.0.0)")
     s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")

@@ -102,6 +102,9 @@ class TrainOptions:
     ``attention=False`` drops the cross-task gates; ``transfer=False`` starts the classification
     encoder from random weights; ``direct_3d=True`` is a plain 3D classifier of the whole volume
     (no KRT, no attention, no transfer: segmentation does not inform staging at all).
+    ``segmentation_from`` (a bundle path or installed id) reuses that bundle's plan and cascade
+    segmentation networks and trains only the classifier: the ablation variants then differ in the
+    staging phase alone, and staging can be retrained on new stage labels without re-segmenting.
     """
 
     lowres_epochs: int = 50
@@ -126,6 +129,7 @@ class TrainOptions:
     transfer: bool = True
     direct_3d: bool = False
     krt_jitter: float = 0.125
+    segmentation_from: str | None = None
     model_id: str = "esophagus-nntransec"
     model_name: str = "nn-TransEC esophageal cancer segmentation and T-staging"
     version: str = "1.0.0"
@@ -295,6 +299,20 @@ def _check_cancel(cancel: CancelFn | None) -> None:
         raise Cancelled("training cancelled by the user; no model was written")
 
 
+def _segmentation_source(options: TrainOptions, plan: Plan | str | Path | None,
+                         dataset_labels: dict[str, int]) -> ModelBundle | None:
+    """The bundle whose segmentation networks ``options.segmentation_from`` names, checked for use."""
+    if not options.segmentation_from:
+        return None
+    if plan is not None:
+        raise TrainingError("--segmentation-from reuses that model's plan; do not also give --plan.")
+    source = load_model(options.segmentation_from)
+    if dict(source.plan.get("labels", {})) != dict(dataset_labels):
+        raise TrainingError(f"Model '{source.id}' segments labels {source.plan.get('labels')}, but this dataset "
+                            f"has {dataset_labels}; reuse segmentation only on a dataset with the same labels.")
+    return source
+
+
 def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None = None,
           plan: Plan | str | Path | None = None, callbacks: Sequence[Callback] = (),
           cancel: CancelFn | None = None, overwrite: bool = False, command: str | None = None) -> ModelBundle:
@@ -321,7 +339,10 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     if TUMOUR not in ds.description.labels:
         raise TrainingError(f"The dataset has no '{TUMOUR}' label (labels: {ds.description.labels}); "
                             "EsophagusStaging needs the tumour label to place its KRT crops.")
-    if plan is None:
+    source = _segmentation_source(options, plan, ds.description.labels)
+    if source is not None:
+        plan = Plan.from_dict(source.plan)
+    elif plan is None:
         plan = make_plan(extract_fingerprint(ds), TASK)
     elif not isinstance(plan, Plan):
         plan = Plan.load(plan)
@@ -353,7 +374,11 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     class_names = [plan.label_names[i] for i in range(1, num_classes)]
     tumour_value = plan.labels[TUMOUR]
     class_weights = [0.0] + [3.0 if i == tumour_value else 1.0 for i in range(1, num_classes)]
-    spec_low, spec_full = network_specs(plan, options)
+    if source is not None:
+        spec_low = NetworkSpec.from_dict(source.architecture["lowres"])
+        spec_full = NetworkSpec.from_dict(source.architecture["fullres"])
+    else:
+        spec_low, spec_full = network_specs(plan, options)
     work = out.parent / f".{out.name}.work"
     metrics: dict[str, Any] = {}
     cfg_low, cfg_full = plan.configuration("3d_lowres"), plan.configuration("3d_fullres")
@@ -379,11 +404,18 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
 
     # --- phase 1a: low-resolution segmentation ---------------------------------------------------
     low_net = SegmentationNet(spec_low)
-    batch_low = options.batch_size or cfg_low.batch_size
-    to_tc = lambda c, pre: TrainingCase(c.case_id, pre.image, pre.label, c.stage)  # noqa: E731
-    metrics["lowres"] = fit_segmentation("lowres", low_net, [to_tc(c, c.low) for c in train_cases],
-                                         [to_tc(c, c.low) for c in val_cases], cfg_low.patch_size,
-                                         batch_low, options.lowres_epochs)
+    if source is not None:
+        low_net.load_state_dict(source.load_state_dict(LOWRES))
+        metrics.update({k: v for k, v in source.metrics.items() if k in ("lowres", "fullres")})
+        log.info("Segmentation networks taken from model '%s' %s; training the classifier only.",
+                 source.id, source.version)
+    else:
+        batch_low = options.batch_size or cfg_low.batch_size
+        to_tc = lambda c, pre: TrainingCase(c.case_id, pre.image, pre.label, c.stage)  # noqa: E731
+        metrics["lowres"] = fit_segmentation("lowres", low_net, [to_tc(c, c.low) for c in train_cases],
+                                             [to_tc(c, c.low) for c in val_cases], cfg_low.patch_size,
+                                             batch_low, options.lowres_epochs)
+    low_net.eval()
     # --- cascade input: low-resolution predictions on the full-resolution grid ------------------
     # nnU-Net feeds the full-resolution stage with cross-validated low-resolution predictions; here the
     # one low-resolution network predicts every case (training cases included), which is cheaper but a
@@ -395,11 +427,15 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                                     num_classes)
     # --- phase 1b: full-resolution segmentation --------------------------------------------------
     full_net = SegmentationNet(spec_full)
-    batch_full = options.batch_size or cfg_full.batch_size
-    full_tc = lambda c: TrainingCase(c.case_id, _fullres_input(c), c.full.label, c.stage)  # noqa: E731
-    metrics["fullres"] = fit_segmentation("fullres", full_net, [full_tc(c) for c in train_cases],
-                                          [full_tc(c) for c in val_cases], cfg_full.patch_size,
-                                          batch_full, options.fullres_epochs)
+    if source is not None:
+        full_net.load_state_dict(source.load_state_dict(FULLRES))
+    else:
+        batch_full = options.batch_size or cfg_full.batch_size
+        full_tc = lambda c: TrainingCase(c.case_id, _fullres_input(c), c.full.label, c.stage)  # noqa: E731
+        metrics["fullres"] = fit_segmentation("fullres", full_net, [full_tc(c) for c in train_cases],
+                                              [full_tc(c) for c in val_cases], cfg_full.patch_size,
+                                              batch_full, options.fullres_epochs)
+    full_net.eval()
     # --- phase 2: KRT boxes ----------------------------------------------------------------------
     box_size = plan.krt_box_size or cfg_full.patch_size
     window_full = SlidingWindowPredictor(cfg_full.patch_size, device)
@@ -444,6 +480,9 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                  "description": ds.description.description or ""},
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "options": asdict(options), "seed": options.seed,
+        "segmentation_from": None if source is None else {
+            "id": source.id, "version": source.version,
+            "sha256": {w.name: w.sha256 for w in source.weights if w.name in (LOWRES, FULLRES)}},
         "hardware": {"device": describe_device(device), "platform": platform.platform(),
                      "torch": torch.__version__},
         "duration_s": round(time.monotonic() - t0, 1),

@@ -246,6 +246,37 @@ def test_no_krt_variant_trains_and_classifies_the_whole_volume(tiny, tmp_path):
     assert abs(sum(pred.stage_probabilities.values()) - 1) < 1e-6
 
 
+def test_classifier_only_training_reuses_the_segmentation_networks(tiny, tmp_path):
+    source = tiny["bundle"]
+    options = eso.TrainOptions(**{**TINY, "attention": False, "seed": 2, "segmentation_from": str(source.path)})
+    bundle = eso.train(tiny["root"] / "data", tmp_path / "no_attention", options)
+    for name in (eso.LOWRES, eso.FULLRES):  # segmentation untouched, bit for bit
+        for key, value in source.load_state_dict(name).items():
+            assert torch.equal(value, bundle.load_state_dict(name)[key]), (name, key)
+    assert bundle.plan == source.plan and bundle.architecture["fullres"] == source.architecture["fullres"]
+    assert bundle.architecture["variant"] == "no-attention"
+    assert bundle.training["segmentation_from"]["id"] == source.id
+    assert bundle.metrics["fullres"] == source.metrics["fullres"]
+    # a second plan would contradict the reused networks
+    with pytest.raises(EngineError, match="plan"):
+        eso.train(tiny["root"] / "data", tmp_path / "x", options, plan=tiny["plan"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_classifier_only_training_refuses_a_dataset_with_other_labels(tiny, tmp_path):
+    import shutil
+
+    other = tmp_path / "renamed"
+    shutil.copytree(tiny["root"] / "data", other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"] = {("mediastinal node" if k == "lymph node" else k): v for k, v in meta["labels"].items()}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    options = eso.TrainOptions(**{**TINY, "segmentation_from": str(tiny["bundle"].path)})
+    with pytest.raises(EngineError, match="same labels"):
+        eso.train(other, tmp_path / "model", options)
+    assert not (tmp_path / "model").exists()
+
+
 def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
     case = tiny["dataset"].training[0]
     model = str(tiny["bundle"].path)
