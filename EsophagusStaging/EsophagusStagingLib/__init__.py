@@ -1,0 +1,1 @@
+"""Qt-free logic of the EsophagusStaging module (importable with the slicer-core wheel)."""

@@ -1,0 +1,223 @@
+"""Offscreen rendering of a headless MRML scene (EGL + Mesa llvmpipe, no display, no Qt).
+
+Used by ``test_rendering.py`` (pixel checks) and, run as a script, to make the extension's
+screenshots in ``Resources/Screenshots/`` from the same glue path the module uses::
+
+    python tests/slicer/offscreen.py            # writes Resources/Screenshots/*.png
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+import numpy as np  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
+
+THREE_D_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
+                    "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D")
+SLICE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",)
+
+
+def _window(size: tuple[int, int], layers: int = 1) -> tuple[vtk.vtkRenderWindow, vtk.vtkRenderer]:
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(*size)
+    window.SetNumberOfLayers(layers)
+    renderer = vtk.vtkRenderer()
+    renderer.SetBackground(0, 0, 0)
+    window.AddRenderer(renderer)
+    interactor = vtk.vtkRenderWindowInteractor()  # some displayable managers observe the interactor
+    interactor.SetRenderWindow(window)
+    interactor.Initialize()
+    return window, renderer
+
+
+def _managers(factory_class, app_logic, renderer, names) -> vtk.vtkObject:
+    factory = factory_class.GetInstance()
+    factory.SetMRMLApplicationLogic(app_logic)
+    for name in names:
+        if not factory.IsDisplayableManagerRegistered(name):
+            factory.RegisterDisplayableManager(name)
+    group = slicer.vtkMRMLDisplayableManagerGroup()
+    group.Initialize(factory, renderer)
+    return group
+
+
+def _pixels(window: vtk.vtkRenderWindow) -> np.ndarray:
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.SetInputBufferTypeToRGB()
+    grab.ReadFrontBufferOff()
+    grab.Update()
+    image = grab.GetOutput()
+    width, height, _ = image.GetDimensions()
+    rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+    return np.ascontiguousarray(rgb[::-1])  # VTK's first row is the bottom one
+
+
+class ThreeDView:
+    """A Slicer 3D view: camera, view, model and segmentation (closed surface) displayable managers."""
+
+    def __init__(self, scene, app_logic, size=(600, 600), name="1"):
+        self.window, self.renderer = _window(size)
+        self.logic = slicer.vtkMRMLViewLogic()
+        self.logic.SetMRMLApplicationLogic(app_logic)
+        app_logic.GetViewLogics().AddItem(self.logic)
+        self.logic.SetMRMLScene(scene)
+        self.view_node = self.logic.AddViewNode(name)
+        self.view_node.SetBoxVisible(False)
+        self.view_node.SetAxisLabelsVisible(False)
+        self.view_node.SetBackgroundColor(0, 0, 0)
+        self.view_node.SetBackgroundColor2(0, 0, 0)
+        self.group = _managers(slicer.vtkMRMLThreeDViewDisplayableManagerFactory, app_logic, self.renderer,
+                               THREE_D_MANAGERS)
+        self.group.SetMRMLDisplayableNode(self.view_node)
+
+    def render(self, direction: str = "Anterior") -> np.ndarray:
+        self.renderer.ResetCamera()
+        camera = self.renderer.GetActiveCamera()
+        fx, fy, fz = camera.GetFocalPoint()
+        distance = camera.GetDistance()
+        offsets = {"Anterior": (0, distance, 0), "Left": (-distance, 0, 0), "Right": (distance, 0, 0)}
+        dx, dy, dz = offsets[direction]
+        camera.SetPosition(fx + dx, fy + dy, fz + dz)
+        camera.SetViewUp(0, 0, 1)
+        self.renderer.ResetCamera()
+        self.renderer.ResetCameraClippingRange()
+        self.window.Render()
+        return _pixels(self.window)
+
+
+class SliceView:
+    """A Slicer slice view: the slice logic's reslice of background/foreground plus segment outlines/fill."""
+
+    def __init__(self, scene, app_logic, size=(600, 600), name="Red", orientation="Axial"):
+        self.window, self.renderer = _window(size)
+        self.logic = slicer.vtkMRMLSliceLogic()
+        self.logic.SetMRMLApplicationLogic(app_logic)
+        app_logic.GetSliceLogics().AddItem(self.logic)
+        self.logic.SetMRMLScene(scene)
+        self.slice_node = self.logic.AddSliceNode(name)
+        self.slice_node.SetOrientation(orientation)
+        self.composite = self.logic.GetSliceCompositeNode()
+        self.group = _managers(slicer.vtkMRMLSliceViewDisplayableManagerFactory, app_logic, self.renderer,
+                               SLICE_MANAGERS)
+        self.group.SetMRMLDisplayableNode(self.slice_node)
+        self.mapper = vtk.vtkImageMapper()
+        self.mapper.SetColorWindow(255)
+        self.mapper.SetColorLevel(127.5)
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(self.mapper)
+        self.actor.GetProperty().SetDisplayLocationToBackground()
+        self.renderer.AddViewProp(self.actor)
+        self.size = size
+
+    def render(self, offset_ras: float | None = None) -> np.ndarray:
+        self.logic.ResizeSliceNode(*self.size)
+        self.logic.FitSliceToBackground()
+        if offset_ras is not None:
+            self.logic.SetSliceOffset(offset_ras)
+        self.mapper.SetInputConnection(self.logic.GetImageDataConnection())
+        self.window.Render()
+        self.window.Render()  # the segmentation pipeline updates on the first render
+        return _pixels(self.window)
+
+
+def colour_fraction(rgb: np.ndarray, colour: tuple[float, float, float], tolerance: float = 40) -> float:
+    """Fraction of pixels whose hue matches ``colour`` (0..1 RGB) after normalising brightness, so
+    shaded surfaces still count."""
+    target = np.asarray(colour, float)
+    target = target / max(target.max(), 1e-6)
+    pixels = rgb.reshape(-1, 3).astype(float)
+    peak = pixels.max(axis=1, keepdims=True)
+    lit = peak[:, 0] > 40
+    normalised = pixels[lit] / peak[lit]
+    close = np.abs(normalised - target).max(axis=1) < tolerance / 255.0
+    return float(close.sum()) / len(pixels)
+
+
+def save_png(rgb: np.ndarray, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+
+
+def warm_fraction(rgb: np.ndarray, margin: int = 50) -> float:
+    """Fraction of clearly warm (red/yellow) pixels: red well above blue. A grey CT has none."""
+    r, b = rgb[..., 0].astype(int), rgb[..., 2].astype(int)
+    return float(np.mean(r - b > margin))
+
+
+def slice_offset_through(volume, label_array: np.ndarray, value: int) -> float:
+    """The axial RAS offset (S) through the centre of ``value`` in a label array of ``volume``'s grid."""
+    return axial_offset(volume, float(np.argwhere(label_array == value)[:, 0].mean()))
+
+
+def axial_offset(volume, k: float) -> float:
+    """The axial RAS offset (S) of slice ``k`` (array index, i.e. the volume's K axis)."""
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    return float(m.MultiplyPoint((0.0, 0.0, k, 1.0))[2])
+
+
+def make_screenshots(out_dir=None) -> list:
+    """Train the tiny phantom model, run Segment & Stage, import through the module's glue and render.
+
+    The segments shown are the phantom's *reference* labels (the tiny CPU model segments too little to
+    show anatomy), written into the run folder in place of the model's label map and imported by the
+    same ``import_run_results`` call; Grad-CAM, probabilities and volumes are the model's own output.
+    """
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
+    from conftest import TINY_TRAIN_ARGS, HeadlessSlicer  # noqa: F401
+
+    from engine.cli import main as engine_main
+    from engine.pipelines import esophagus
+    from engine.pipelines.outputs import segments_from_labels
+    from engine.synth import generate_dataset
+    from OncoStagingCommon import results
+
+    out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="oncostaging-screens-"))
+    try:
+        ds = generate_dataset("esophagus", work / "data", cases=8, seed=5)
+        engine_main(["train", "--task", "esophagus", "--data", str(ds.root), "--out", str(work / "model"),
+                     "--epochs", "1", "--device", "cpu", *TINY_TRAIN_ARGS])
+        case = ds.training[2]
+        run = work / "run"
+        result = esophagus.segment_and_stage(case.image_files[0], run, str(work / "model"), device="cpu")
+        shutil.copy(case.label_file, run / results.SEGMENTATION_FILE)
+        headless = HeadlessSlicer()
+        ct = headless.load_volume(case.image_files[0], "Phantom CT")
+        three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
+        axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
+        segments = segments_from_labels(esophagus.load_model(str(work / "model")).labels)
+        nodes = results.import_run_results(headless.scene, ct, run, "EsophagusStaging", segments)
+        pericardium = nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName("pericardium")
+        nodes.segmentation.GetDisplayNode().SetSegmentOpacity3D(pericardium, 0.35)
+        written = [out_dir / "EsophagusStaging-3D.png", out_dir / "EsophagusStaging-GradCAM.png"]
+        save_png(three_d.render("Left"), written[0])
+        import SimpleITK as sitk
+
+        cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
+        peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
+        save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
+        print(f"predicted {result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    make_screenshots()
