@@ -17,8 +17,10 @@ SHARED_DATA = Path(os.environ.get("ONCOSTAGING_SHARED_DATA", REPO.parent / "shar
 
 @pytest.fixture(autouse=True)
 def _isolated_model_dir(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's real model directory."""
+    """Tests never touch the user's real model directory, and see no shipped demo model unless they
+    ask for it (tests/registry/test_shipped_models.py checks the shipped ones)."""
     monkeypatch.setenv("ONCOSTAGING_MODEL_DIR", str(tmp_path_factory.mktemp("user_models")))
+    monkeypatch.setenv("ONCOSTAGING_BUILTIN_MODELS", str(tmp_path_factory.mktemp("builtin_models")))
 
 
 def shared_data(*parts: str) -> Path:
