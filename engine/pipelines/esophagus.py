@@ -102,8 +102,10 @@ class TrainOptions:
     ``attention=False`` drops the cross-task gates; ``transfer=False`` starts the classification
     encoder from random weights; ``direct_3d=True`` is a plain 3D classifier of the whole volume
     (no KRT, no attention, no transfer: segmentation does not inform staging at all).
-    ``segmentation_from`` (a bundle path or installed id) reuses that bundle's plan and cascade
-    segmentation networks and trains only the classifier: the ablation variants then differ in the
+    ``segmentation_from`` (a bundle path or installed id) starts from that bundle's plan and cascade
+    segmentation networks: a segmentation phase with 0 epochs keeps its network as it is, more epochs
+    continue training it (fine-tuning on new data, or adding budget across sessions). The classifier
+    is always trained anew. With both segmentation phases at 0 the ablation variants differ in the
     staging phase alone, and staging can be retrained on new stage labels without re-segmenting.
     """
 
@@ -140,8 +142,11 @@ class TrainOptions:
             self.krt = self.attention = self.transfer = False
         for name in ("lowres_epochs", "fullres_epochs", "classifier_epochs", "steps_per_epoch",
                      "classifier_batch_size", "val_every"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+            least = 0 if self.segmentation_from and name in ("lowres_epochs", "fullres_epochs") else 1
+            if getattr(self, name) < least:
+                raise TrainingError(f"{name} must be ≥ {least}, got {getattr(self, name)}"
+                                    + (" (0 keeps a phase's network, which needs --segmentation-from)."
+                                       if getattr(self, name) == 0 else "."))
 
     @property
     def variant(self) -> str:
@@ -406,9 +411,10 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     low_net = SegmentationNet(spec_low)
     if source is not None:
         low_net.load_state_dict(source.load_state_dict(LOWRES))
-        metrics.update({k: v for k, v in source.metrics.items() if k in ("lowres", "fullres")})
-        log.info("Segmentation networks taken from model '%s' %s; training the classifier only.",
-                 source.id, source.version)
+        log.info("Segmentation networks start from model '%s' %s (epochs: low-res %d, full-res %d).",
+                 source.id, source.version, options.lowres_epochs, options.fullres_epochs)
+    if source is not None and options.lowres_epochs == 0:
+        metrics["lowres"] = source.metrics.get("lowres", {})
     else:
         batch_low = options.batch_size or cfg_low.batch_size
         to_tc = lambda c, pre: TrainingCase(c.case_id, pre.image, pre.label, c.stage)  # noqa: E731
@@ -429,6 +435,8 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     full_net = SegmentationNet(spec_full)
     if source is not None:
         full_net.load_state_dict(source.load_state_dict(FULLRES))
+    if source is not None and options.fullres_epochs == 0:
+        metrics["fullres"] = source.metrics.get("fullres", {})
     else:
         batch_full = options.batch_size or cfg_full.batch_size
         full_tc = lambda c: TrainingCase(c.case_id, _fullres_input(c), c.full.label, c.stage)  # noqa: E731
@@ -511,7 +519,7 @@ def model_card(options: TrainOptions, dataset_name: str, metrics: dict, cases: i
              "- Not a medical device. Do not use for diagnosis or treatment decisions.",
              f"- Budget: low-resolution {options.lowres_epochs}, full-resolution {options.fullres_epochs} epochs of "
              f"{options.steps_per_epoch} iterations; classifier {options.classifier_epochs} epochs; seed {options.seed}"
-             + (f"; segmentation reused from `{options.segmentation_from}`" if options.segmentation_from else "")
+             + (f"; segmentation started from `{options.segmentation_from}`" if options.segmentation_from else "")
              + ".", ""]
     seg = {phase: m for phase, m in metrics.items() if phase in ("lowres", "fullres") and m}
     if seg:

@@ -248,7 +248,8 @@ def test_no_krt_variant_trains_and_classifies_the_whole_volume(tiny, tmp_path):
 
 def test_classifier_only_training_reuses_the_segmentation_networks(tiny, tmp_path):
     source = tiny["bundle"]
-    options = eso.TrainOptions(**{**TINY, "attention": False, "seed": 2, "segmentation_from": str(source.path)})
+    options = eso.TrainOptions(**{**TINY, "attention": False, "seed": 2, "segmentation_from": str(source.path),
+                                  "lowres_epochs": 0, "fullres_epochs": 0})
     bundle = eso.train(tiny["root"] / "data", tmp_path / "no_attention", options)
     for name in (eso.LOWRES, eso.FULLRES):  # segmentation untouched, bit for bit
         for key, value in source.load_state_dict(name).items():
@@ -261,6 +262,25 @@ def test_classifier_only_training_reuses_the_segmentation_networks(tiny, tmp_pat
     with pytest.raises(EngineError, match="plan"):
         eso.train(tiny["root"] / "data", tmp_path / "x", options, plan=tiny["plan"])
     assert not (tmp_path / "x").exists()
+
+
+def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, capsys):
+    source = tiny["bundle"]
+    assert cli_main(["train", "--task", "esophagus", "--data", str(tiny["root"] / "data"),
+                     "--out", str(tmp_path / "tuned"), "--segmentation-from", str(source.path),
+                     "--lowres-epochs", "0", "--fullres-epochs", "1", "--classifier-epochs", "1",
+                     "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu"]) == 0
+    tuned = load_bundle(tmp_path / "tuned", verify=True)
+    low_src, low_new = source.load_state_dict(eso.LOWRES), tuned.load_state_dict(eso.LOWRES)
+    assert all(torch.equal(low_src[k], low_new[k]) for k in low_src)  # 0 epochs: kept
+    full_src, full_new = source.load_state_dict(eso.FULLRES), tuned.load_state_dict(eso.FULLRES)
+    assert any(not torch.equal(full_src[k], full_new[k]) for k in full_src)  # trained on
+    assert tuned.training["options"]["fullres_epochs"] == 1
+
+
+def test_zero_epochs_need_a_model_to_start_from():
+    with pytest.raises(EngineError, match="segmentation-from"):
+        eso.TrainOptions(fullres_epochs=0)
 
 
 def test_classifier_only_training_refuses_a_dataset_with_other_labels(tiny, tmp_path):

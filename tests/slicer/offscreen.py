@@ -164,13 +164,10 @@ def axial_offset(volume, k: float) -> float:
     return float(m.MultiplyPoint((0.0, 0.0, k, 1.0))[2])
 
 
-def make_screenshots(out_dir=None) -> list:
-    """Train the tiny phantom model, run Segment & Stage, import through the module's glue and render.
-
-    The segments shown are the phantom's *reference* labels (the tiny CPU model segments too little to
-    show anatomy), written into the run folder in place of the model's label map and imported by the
-    same ``import_run_results`` call; Grad-CAM, probabilities and volumes are the model's own output.
-    """
+def make_screenshots(out_dir=None, seed: int = 31337) -> list:
+    """Segment & Stage a fresh phantom (the ``make demo`` case) with the shipped demo model, import the
+    run through the module's glue and render the 3D view and an axial slice through the Grad-CAM peak.
+    Everything shown is the model's own output."""
     import shutil
     import sys
     import tempfile
@@ -179,11 +176,13 @@ def make_screenshots(out_dir=None) -> list:
     here = Path(__file__).resolve().parent
     repo = here.parents[1]
     sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
-    from conftest import TINY_TRAIN_ARGS, HeadlessSlicer  # noqa: F401
+    from conftest import HeadlessSlicer
 
-    from engine.cli import main as engine_main
+    import SimpleITK as sitk
+
     from engine.pipelines import esophagus
     from engine.pipelines.outputs import segments_from_labels
+    from engine.registry import find_bundle
     from engine.synth import generate_dataset
     from OncoStagingCommon import results
 
@@ -191,29 +190,26 @@ def make_screenshots(out_dir=None) -> list:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="oncostaging-screens-"))
     try:
-        ds = generate_dataset("esophagus", work / "data", cases=8, seed=5)
-        engine_main(["train", "--task", "esophagus", "--data", str(ds.root), "--out", str(work / "model"),
-                     "--epochs", "1", "--device", "cpu", *TINY_TRAIN_ARGS])
-        case = ds.training[2]
+        bundle = find_bundle("esophagus")  # the shipped demo model unless a newer one is installed
+        ds = generate_dataset("esophagus", work / "data", cases=1, seed=seed)
+        case = ds.training[0]
         run = work / "run"
-        result = esophagus.segment_and_stage(case.image_files[0], run, str(work / "model"), device="cpu")
-        shutil.copy(case.label_file, run / results.SEGMENTATION_FILE)
+        result = esophagus.segment_and_stage(case.image_files[0], run, bundle, device="cpu")
         headless = HeadlessSlicer()
         ct = headless.load_volume(case.image_files[0], "Phantom CT")
         three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
         axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
-        segments = segments_from_labels(esophagus.load_model(str(work / "model")).labels)
-        nodes = results.import_run_results(headless.scene, ct, run, "EsophagusStaging", segments)
+        nodes = results.import_run_results(headless.scene, ct, run, "EsophagusStaging",
+                                           segments_from_labels(bundle.labels))
         pericardium = nodes.segmentation.GetSegmentation().GetSegmentIdBySegmentName("pericardium")
         nodes.segmentation.GetDisplayNode().SetSegmentOpacity3D(pericardium, 0.35)
         written = [out_dir / "EsophagusStaging-3D.png", out_dir / "EsophagusStaging-GradCAM.png"]
         save_png(three_d.render("Left"), written[0])
-        import SimpleITK as sitk
-
         cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
         peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
         save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
-        print(f"predicted {result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
+        print(f"model {bundle.id} {bundle.version}; phantom seed {seed} (reference {case.stage}); predicted "
+              f"{result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
