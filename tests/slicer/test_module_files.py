@@ -119,6 +119,9 @@ def test_shared_package_cmake_lists_every_file_and_the_engine_is_installed():
     assert sorted(scripts) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
     top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"GLOB_RECURSE ONCOSTAGING_ENGINE_SCRIPTS .*engine/\*\.py", top, re.S)
+    # the demo models go beside engine/, where engine.registry.builtin_dir() finds them
+    assert re.search(r"install\(DIRECTORY \$\{CMAKE_CURRENT_SOURCE_DIR\}/models\s+DESTINATION "
+                     r"\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}", top)
     subdirs = re.findall(r"^add_subdirectory\((\w+)\)", top, re.M)
     assert subdirs == ["OncoStagingCommon", *MODULES]
 
