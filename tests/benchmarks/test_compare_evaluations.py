@@ -1,0 +1,52 @@
+"""benchmarks/compare_evaluations.py: paired comparison of staging results on hand-made evaluations."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = importlib.util.spec_from_file_location("compare_evaluations", REPO / "benchmarks" / "compare_evaluations.py")
+compare = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(compare)
+
+STAGES = ["T1", "T2", "T3", "T4"]
+TRUTH = ["T1", "T1", "T2", "T2", "T3", "T3", "T4", "T4"]
+
+
+def _write(folder: Path, predicted: list[str], ids=None) -> Path:
+    """An evaluate output whose probabilities put 0.7 on ``predicted`` and 0.1 elsewhere."""
+    cases = [{"case_id": cid, "stage_true": t, "stage_predicted": p,
+              "stage_probabilities": {s: 0.7 if s == p else 0.1 for s in STAGES}}
+             for cid, t, p in zip(ids or [f"c{i}" for i in range(len(TRUTH))], TRUTH, predicted)]
+    acc = sum(c["stage_true"] == c["stage_predicted"] for c in cases) / len(cases)
+    summary = {"accuracy": acc, "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0,
+               "macro": {"auc": 0.0, "auc_ci_low": 0.0, "auc_ci_high": 1.0}}
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"stage_names": STAGES, "cases": cases,
+                                                     "classification": summary}))
+    return folder
+
+
+def test_paired_difference_and_mcnemar_against_the_reference(tmp_path, capsys):
+    perfect = _write(tmp_path / "perfect", TRUTH)
+    worse = _write(tmp_path / "worse", ["T2", "T2", "T1", "T1", "T3", "T3", "T4", "T4"])  # T1/T2 swapped
+    assert compare.main([f"ref={perfect}", f"worse={worse}", "--bootstrap", "50"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2].startswith("| ref |") and lines[2].endswith("— | — |")
+    row = lines[3].split("|")
+    # by hand: for T1 the two T1 cases score 0.1 and tie with the four T3/T4 cases (0.1) and lose to
+    # the two T2 cases (0.7): AUC = 0.5·8/12 = 1/3; T2 likewise; T3 and T4 stay 1 → macro 2/3, Δ = −1/3
+    assert float(row[4].split("(")[0]) == pytest.approx(-1 / 3, abs=5e-4)
+    # McNemar: 4 cases right only for the reference, none only for the other → exact p = 2·0.5⁴
+    assert float(row[5]) == pytest.approx(0.125, abs=1e-3)
+
+
+def test_runs_on_different_cases_are_refused(tmp_path):
+    a = _write(tmp_path / "a", TRUTH)
+    b = _write(tmp_path / "b", TRUTH, ids=[f"other{i}" for i in range(len(TRUTH))])
+    with pytest.raises(SystemExit, match="same cases"):
+        compare.main([f"a={a}", f"b={b}"])
