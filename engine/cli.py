@@ -197,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args.task)
     per_phase = {k: args.epochs if getattr(args, k) is None else getattr(args, k)
                  for k in ("lowres_epochs", "fullres_epochs", "classifier_epochs")}
+    if getattr(args, "segmentation_from", None):  # take the segmentation as it is unless asked to fine-tune
+        per_phase.update({k: 0 for k in ("lowres_epochs", "fullres_epochs") if getattr(args, k) is None})
     options = pipeline.TrainOptions(
         **{k: v for k, v in per_phase.items() if v is not None},
         **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
@@ -368,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direct-3d", action="store_true",
                    help="ablation: plain 3D classification of the whole volume (no KRT, attention or transfer)")
     s.add_argument("--segmentation-from", metavar="MODEL",
-                   help="start from this model's plan and segmentation networks; --lowres-epochs 0 / "
-                        "--fullres-epochs 0 keep a network as it is (ablations, new stage labels), more epochs "
-                        "fine-tune it; the classifier is trained anew")
+                   help="start from this model's plan and segmentation networks and keep them as they are "
+                        "(ablations, new stage labels); --lowres-epochs/--fullres-epochs N fine-tune them "
+                        "instead; the classifier is always trained anew (--epochs sets only its epochs here)")
     s.add_argument("--model-id", help="bundle id (default esophagus-nntransec)")
     s.add_argument("--version", help="bundle version (default 1.0.0)")
     s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")

@@ -278,6 +278,15 @@ def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, cap
     assert tuned.training["options"]["fullres_epochs"] == 1
 
 
+def test_cli_segmentation_from_keeps_the_segmentation_unless_epochs_are_given(tiny, tmp_path):
+    source = tiny["bundle"]
+    assert cli_main(["train", "--task", "esophagus", "--data", str(tiny["root"] / "data"),
+                     "--out", str(tmp_path / "cls"), "--segmentation-from", str(source.path), "--epochs", "1",
+                     "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu"]) == 0
+    options = load_bundle(tmp_path / "cls").training["options"]
+    assert (options["lowres_epochs"], options["fullres_epochs"], options["classifier_epochs"]) == (0, 0, 1)
+
+
 def test_zero_epochs_need_a_model_to_start_from():
     with pytest.raises(EngineError, match="segmentation-from"):
         eso.TrainOptions(fullres_epochs=0)
