@@ -164,7 +164,7 @@ def axial_offset(volume, k: float) -> float:
     return float(m.MultiplyPoint((0.0, 0.0, k, 1.0))[2])
 
 
-def make_screenshots(out_dir=None, seed: int = 31337) -> list:
+def make_screenshots(out_dir=None) -> list:
     """Segment & Stage a fresh phantom (the ``make demo`` case) with the shipped demo model, import the
     run through the module's glue and render the 3D view and an axial slice through the Grad-CAM peak.
     Everything shown is the model's own output."""
@@ -182,8 +182,10 @@ def make_screenshots(out_dir=None, seed: int = 31337) -> list:
 
     from engine.pipelines import esophagus
     from engine.pipelines.outputs import segments_from_labels
+    from engine.demo import DEMO_CASE_SEED
+    from engine.io.image import write_image
     from engine.registry import find_bundle
-    from engine.synth import generate_dataset
+    from engine.synth import generate_case
     from OncoStagingCommon import results
 
     out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
@@ -191,12 +193,13 @@ def make_screenshots(out_dir=None, seed: int = 31337) -> list:
     work = Path(tempfile.mkdtemp(prefix="oncostaging-screens-"))
     try:
         bundle = find_bundle("esophagus")  # the shipped demo model unless a newer one is installed
-        ds = generate_dataset("esophagus", work / "data", cases=1, seed=seed)
-        case = ds.training[0]
+        case = generate_case("esophagus", DEMO_CASE_SEED, "small")
+        ct_file = work / "demo_ct.nii.gz"
+        write_image(case.channels[0], ct_file)
         run = work / "run"
-        result = esophagus.segment_and_stage(case.image_files[0], run, bundle, device="cpu")
+        result = esophagus.segment_and_stage(ct_file, run, bundle, device="cpu")
         headless = HeadlessSlicer()
-        ct = headless.load_volume(case.image_files[0], "Phantom CT")
+        ct = headless.load_volume(ct_file, "Phantom CT")
         three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
         axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
         nodes = results.import_run_results(headless.scene, ct, run, "EsophagusStaging",
@@ -208,7 +211,8 @@ def make_screenshots(out_dir=None, seed: int = 31337) -> list:
         cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
         peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
         save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
-        print(f"model {bundle.id} {bundle.version}; phantom seed {seed} (reference {case.stage}); predicted "
+        print(f"model {bundle.id} {bundle.version}; phantom seed {DEMO_CASE_SEED} (reference {case.targets.t_stage}); "
+              f"predicted "
               f"{result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
         return written
     finally:
