@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,22 @@ from engine.metrics.classification import one_vs_rest_auc
 from engine.metrics.statistics import mcnemar_test
 
 
-def load_cases(folder: Path) -> tuple[list[str], dict[str, dict]]:
+@dataclass
+class Evaluation:
+    """One model's ``engine evaluate`` output: per-case results by id and the staging summary."""
+
+    name: str
+    stages: list[str]
+    cases: dict[str, dict]
+    summary: dict
+
+
+def load_evaluation(name: str, folder: Path) -> Evaluation:
     metrics = json.loads((folder / "metrics.json").read_text())
     if not metrics.get("classification"):
         raise SystemExit(f"error: {folder} has no stage classification results")
-    cases = {c["case_id"]: c for c in metrics["cases"]}
-    return list(metrics["stage_names"]), cases | {"__summary__": metrics["classification"]}
+    return Evaluation(name, list(metrics["stage_names"]), {c["case_id"]: c for c in metrics["cases"]},
+                      metrics["classification"])
 
 
 def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
@@ -46,26 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         name, _, folder = item.partition("=")
         if not folder:
             p.error(f"'{item}' must be NAME=EVAL_DIR")
-        runs.append((name, *load_cases(Path(folder))))
-    names, ref_cases = runs[0][1], runs[0][2]
-    ids = sorted(k for k in ref_cases if k != "__summary__")
-    for name, stages, cases in runs[1:]:
-        if stages != names or sorted(k for k in cases if k != "__summary__") != ids:
-            raise SystemExit(f"error: '{name}' was not evaluated on the same cases and stages as '{runs[0][0]}'")
+        runs.append(load_evaluation(name, Path(folder)))
+    first = runs[0]
+    names, ids = first.stages, sorted(first.cases)
+    for run in runs[1:]:
+        if run.stages != names or sorted(run.cases) != ids:
+            raise SystemExit(f"error: '{run.name}' was not evaluated on the same cases and stages as '{first.name}'")
 
-    y = np.array([names.index(ref_cases[i]["stage_true"]) for i in ids])
-    probs = {name: np.array([[cases[i]["stage_probabilities"][s] for s in names] for i in ids])
-             for name, _, cases in runs}
+    y = np.array([names.index(first.cases[i]["stage_true"]) for i in ids])
+    probs = {run.name: np.array([[run.cases[i]["stage_probabilities"][s] for s in names] for i in ids])
+             for run in runs}
     correct = {name: probs[name].argmax(1) == y for name in probs}
     rng = np.random.default_rng(args.seed)
     samples = [rng.integers(0, len(ids), len(ids)) for _ in range(args.bootstrap)]
-    ref = runs[0][0]
+    ref = first.name
 
     print(f"| variant | macro AUC (95 % CI) | accuracy (95 % CI) | Δ macro AUC vs {ref} (95 % paired bootstrap CI) "
           f"| McNemar p vs {ref} |")
     print("|---|---|---|---|---|")
-    for name, _, cases in runs:
-        s = cases["__summary__"]
+    for run in runs:
+        name, s = run.name, run.summary
         m = s["macro"]
         row = (f"| {name} | {m['auc']:.3f} ({m['auc_ci_low']:.3f}–{m['auc_ci_high']:.3f}) | {s['accuracy']:.3f} "
                f"({s['accuracy_ci_low']:.3f}–{s['accuracy_ci_high']:.3f}) | ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SPEC = importlib.util.spec_from_file_location("compare_evaluations", REPO / "benchmarks" / "compare_evaluations.py")
 compare = importlib.util.module_from_spec(SPEC)
+sys.modules[SPEC.name] = compare  # dataclasses look their module up while the file executes
 SPEC.loader.exec_module(compare)
 
 STAGES = ["T1", "T2", "T3", "T4"]
