@@ -407,20 +407,24 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
             return {k[len("val_"):]: v for k, v in result.final_metrics.items() if k.startswith("val_dice")}
         return {}
 
-    # --- phase 1a: low-resolution segmentation ---------------------------------------------------
-    low_net = SegmentationNet(spec_low)
+    def start_or_fit(phase: str, net: SegmentationNet, weights: str, epochs: int,
+                     fit: Callable[[], dict]) -> dict:
+        """Start ``net`` from the source model if there is one; 0 epochs keep it (and its metrics)."""
+        if source is not None:
+            net.load_state_dict(source.load_state_dict(weights))
+            if epochs == 0:
+                return source.metrics.get(phase, {})
+        return fit()
+
     if source is not None:
-        low_net.load_state_dict(source.load_state_dict(LOWRES))
         log.info("Segmentation networks start from model '%s' %s (epochs: low-res %d, full-res %d).",
                  source.id, source.version, options.lowres_epochs, options.fullres_epochs)
-    if source is not None and options.lowres_epochs == 0:
-        metrics["lowres"] = source.metrics.get("lowres", {})
-    else:
-        batch_low = options.batch_size or cfg_low.batch_size
-        to_tc = lambda c, pre: TrainingCase(c.case_id, pre.image, pre.label, c.stage)  # noqa: E731
-        metrics["lowres"] = fit_segmentation("lowres", low_net, [to_tc(c, c.low) for c in train_cases],
-                                             [to_tc(c, c.low) for c in val_cases], cfg_low.patch_size,
-                                             batch_low, options.lowres_epochs)
+    # --- phase 1a: low-resolution segmentation ---------------------------------------------------
+    low_net = SegmentationNet(spec_low)
+    to_tc = lambda c, pre: TrainingCase(c.case_id, pre.image, pre.label, c.stage)  # noqa: E731
+    metrics["lowres"] = start_or_fit("lowres", low_net, LOWRES, options.lowres_epochs, lambda: fit_segmentation(
+        "lowres", low_net, [to_tc(c, c.low) for c in train_cases], [to_tc(c, c.low) for c in val_cases],
+        cfg_low.patch_size, options.batch_size or cfg_low.batch_size, options.lowres_epochs))
     low_net.eval()
     # --- cascade input: low-resolution predictions on the full-resolution grid ------------------
     # nnU-Net feeds the full-resolution stage with cross-validated low-resolution predictions; here the
@@ -433,16 +437,10 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                                     num_classes)
     # --- phase 1b: full-resolution segmentation --------------------------------------------------
     full_net = SegmentationNet(spec_full)
-    if source is not None:
-        full_net.load_state_dict(source.load_state_dict(FULLRES))
-    if source is not None and options.fullres_epochs == 0:
-        metrics["fullres"] = source.metrics.get("fullres", {})
-    else:
-        batch_full = options.batch_size or cfg_full.batch_size
-        full_tc = lambda c: TrainingCase(c.case_id, _fullres_input(c), c.full.label, c.stage)  # noqa: E731
-        metrics["fullres"] = fit_segmentation("fullres", full_net, [full_tc(c) for c in train_cases],
-                                              [full_tc(c) for c in val_cases], cfg_full.patch_size,
-                                              batch_full, options.fullres_epochs)
+    full_tc = lambda c: TrainingCase(c.case_id, _fullres_input(c), c.full.label, c.stage)  # noqa: E731
+    metrics["fullres"] = start_or_fit("fullres", full_net, FULLRES, options.fullres_epochs, lambda: fit_segmentation(
+        "fullres", full_net, [full_tc(c) for c in train_cases], [full_tc(c) for c in val_cases],
+        cfg_full.patch_size, options.batch_size or cfg_full.batch_size, options.fullres_epochs))
     full_net.eval()
     # --- phase 2: KRT boxes ----------------------------------------------------------------------
     box_size = plan.krt_box_size or cfg_full.patch_size
