@@ -1,0 +1,349 @@
+#!/usr/bin/env python
+"""Real-data check: our segmentation network against an nnU-Net-default DynUNet on OpenKBP CTs.
+
+Both sides get the **same budget** — the same plan (target spacing, patch size and pooling topology by
+nnU-Net's rules), the same channel widths, epochs × iterations, batch size, patch sampler (a third of
+the patches centred on a foreground voxel), augmentation, seed, training cases, and the same
+sliding-window prediction (overlap 0.5, gaussian blending, no test-time mirroring, no post-processing).
+They differ in exactly what each method prescribes:
+
+- **ours**: the residual encoder–decoder of nn-MTNet (the segmentation network ``engine train`` builds),
+  deep-supervised focal + Dice loss with equal weights, Adam 1e-3 with cosine decay — the training
+  settings of ``engine train``'s segmentation phases;
+- **baseline**: MONAI ``DynUNet`` as nnU-Net v2 configures its 3d_fullres U-Net — plain (non-residual)
+  double-conv blocks, instance norm, LeakyReLU 0.01, deep supervision weighted 1, ½, ¼, …; Dice + CE
+  loss (batch Dice, no background); SGD 0.01, Nesterov momentum 0.99, weight decay 3e-5, poly decay.
+
+A fixed, seeded part of the cases is held out before anything is fitted; the plan's normalisation is
+made on the training cases only. Predictions are restored to each CT's original grid and scored there
+per organ (Dice, HD95); a case counts for an organ only when its reference contours that organ.
+
+Outputs in ``--out``: ``results.json`` (settings, hardware, times, per-case scores, summary) and
+``results.md`` (the table for docs/results.md). Progress goes to stderr. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the engine
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+log = logging.getLogger("openkbp_comparison")
+
+METHODS = ("ours", "baseline")
+#: nnU-Net v2 PolyLRScheduler / SGD defaults.
+NNUNET_SGD = dict(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+
+@dataclass
+class Split:
+    train: list[str]
+    test: list[str]
+
+
+def holdout_split(case_ids: Sequence[str], fraction: float, seed: int) -> Split:
+    """A seeded hold-out: the same cases for every method and every rerun with this seed."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--holdout must be between 0 and 1, got {fraction}.")
+    ids = sorted(case_ids)
+    n_test = max(1, int(round(fraction * len(ids))))
+    if n_test >= len(ids):
+        raise ValueError(f"{len(ids)} case(s) cannot be split into training and a {fraction:.0%} hold-out.")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    test = sorted(ids[i] for i in order[:n_test])
+    return Split(sorted(set(ids) - set(test)), test)
+
+
+class DeepSupervisionList(nn.Module):
+    """DynUNet stacks its deep-supervision outputs on dim 1 in training; the loss wants a list."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.net(x)
+        return list(torch.unbind(out, dim=1)) if self.training and out.ndim == x.ndim + 1 else out
+
+
+def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of ``method`` on the shared topology/widths of ``spec`` (an engine NetworkSpec)."""
+    from engine.models.nn_mtnet import SegmentationNet
+
+    outputs = max(1, min(spec.deep_supervision, len(spec.features) - 1))  # full resolution + coarser ones
+    if method == "ours":
+        net: nn.Module = SegmentationNet(spec)
+        desc = {"network": "engine.models.nn_mtnet.SegmentationNet (residual, nn-MTNet segmentation branch)"}
+    else:
+        from monai.networks.nets import DynUNet
+
+        net = DeepSupervisionList(DynUNet(
+            spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.num_classes,
+            kernel_size=spec.kernel_sizes, strides=spec.strides, upsample_kernel_size=spec.strides[1:],
+            filters=list(spec.features), norm_name=("INSTANCE", {"affine": True}),
+            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+            deep_supervision=outputs > 1, deep_supr_num=max(outputs - 1, 1), res_block=False))
+        desc = {"network": "monai.networks.nets.DynUNet (nnU-Net 3d_fullres U-Net)"}
+    desc.update(deep_supervision_outputs=outputs, features=list(spec.features), 
+                kernel_sizes=spec.kernel_sizes,
+                strides=spec.strides, parameters=int(sum(p.numel() for p in net.parameters())))
+    return net, desc
+
+
+def training_setup(method: str, deep_supervision_outputs: int):
+    """Loss, optimizer and schedule each method prescribes."""
+    from monai.losses import DiceCELoss
+
+    from engine.losses import DeepSupervisionLoss, segmentation_loss
+    from engine.training.config import OptimizerConfig, SchedulerConfig
+
+    if method == "ours":  # what engine train's segmentation phases use
+        return (DeepSupervisionLoss(segmentation_loss("focal+dice")),
+                OptimizerConfig(name="adam", lr=1e-3, weight_decay=3e-5), SchedulerConfig(name="cosine"))
+    weights = [0.5 ** i for i in range(deep_supervision_outputs)]
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                         smooth_nr=1e-5, smooth_dr=1e-5)
+    return (DeepSupervisionLoss(dice_ce, weights=weights), OptimizerConfig(name="sgd", **NNUNET_SGD),
+            SchedulerConfig(name="poly"))
+
+
+def hardware() -> dict[str, Any]:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def make_dataset(args: argparse.Namespace, out: Path):
+    from engine.data.dataset import RawDataset
+    from engine.data.importers import import_openkbp
+
+    target = out / "dataset"
+    if (target / "dataset.json").is_file():
+        log.info("using the converted dataset in %s", target)
+        return RawDataset.load(target)
+    log.info("converting OpenKBP cases from %s", args.source)
+    return import_openkbp(args.source, target, cases=args.cases)
+
+
+def plan_on(ds, train_ids: set[str], args: argparse.Namespace):
+    """nnU-Net's rules on the training cases only (normalisation statistics included)."""
+    from dataclasses import replace
+
+    from engine.planning import extract_fingerprint, make_plan
+    from engine.planning.planner import network_topology
+
+    train_only = replace(ds, training=[c for c in ds.training if c.case_id in train_ids])
+    plan = make_plan(extract_fingerprint(train_only), "esophagus",
+                     spacing=args.target_spacing if args.target_spacing else None)
+    plan.configurations = {"3d_fullres": plan.configuration("3d_fullres")}  # no cascade: one resolution
+    cfg = plan.configuration("3d_fullres")
+    if args.patch:
+        cfg.network, cfg.patch_size = network_topology(list(args.patch), cfg.spacing, 320)
+    if args.batch_size:
+        cfg.batch_size = args.batch_size
+    return plan
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                  organs: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Dice and HD95 per organ the reference contains (absent organs are not scored)."""
+    from engine.metrics.segmentation import dice, hd95
+
+    scores = {}
+    for name, value in organs.items():
+        r = ref == value
+        if not r.any():
+            continue
+        p = pred == value
+        scores[name] = {"dice": dice(p, r), "hd95_mm": hd95(p, r, spacing) if p.any() else math.nan}
+    return scores
+
+
+def summarise(per_case: dict[str, dict[str, dict[str, dict[str, float]]]], organs: Sequence[str]) -> dict:
+    """Per organ and method: n, mean/sd Dice, median HD95, paired Wilcoxon on Dice."""
+    from engine.metrics.statistics import wilcoxon_test
+
+    summary: dict[str, Any] = {}
+    for organ in organs:
+        cases = [c for c in per_case["ours"] if organ in per_case["ours"][c]]
+        row: dict[str, Any] = {"n": len(cases)}
+        for m in METHODS:
+            d = np.array([per_case[m][c][organ]["dice"] for c in cases], dtype=np.float64)
+            h = np.array([per_case[m][c][organ]["hd95_mm"] for c in cases], dtype=np.float64)
+            row[m] = {"dice_mean": float(d.mean()) if d.size else math.nan,
+                      "dice_sd": float(d.std(ddof=1)) if d.size > 1 else math.nan,
+                      "hd95_median_mm": float(np.nanmedian(h)) if np.isfinite(h).any() else math.nan,
+                      "missed": int(np.isnan(h).sum())}
+        if len(cases) >= 2:
+            a = [per_case["ours"][c][organ]["dice"] for c in cases]
+            b = [per_case["baseline"][c][organ]["dice"] for c in cases]
+            differ = np.any(np.array(a) != np.array(b))
+            row["wilcoxon_p_dice"] = wilcoxon_test(a, b).p_value if differ else 1.0
+        summary[organ] = row
+    means = {m: float(np.nanmean([summary[o][m]["dice_mean"] for o in organs])) for m in METHODS}
+    summary["mean_dice"] = means
+    return summary
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s, budget = result["summary"], result["budget"]
+    n_test, n_train = len(result["split"]["test"]), len(result["split"]["train"])
+    lines = [f"Hold-out: {n_test} of {n_test + n_train} cases; budget per method: "
+             f"{budget['epochs']} epochs × {budget['steps_per_epoch']} iterations, "
+             f"batch {budget['batch_size']}, patch {'×'.join(map(str, budget['patch_size']))} at "
+             f"{'×'.join(f'{v:g}' for v in budget['spacing_mm'])} mm, widths {budget['features']}; "
+             f"training time ours {result['train_time_s']['ours']:.0f} s, baseline "
+             f"{result['train_time_s']['baseline']:.0f} s on {result['hardware']['processor']} "
+             f"({result['hardware']['torch_threads']} threads"
+             + (f", {result['hardware']['gpu']}" if "gpu" in result["hardware"] else ", no GPU") + ").",
+             "",
+             "| organ | n | Dice ours | Dice baseline | HD95 ours (mm, median) | HD95 baseline (mm, median) "
+             "| missed ours / baseline | Wilcoxon p (Dice) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for organ in result["organs"]:
+        r = s[organ]
+        o, b = r["ours"], r["baseline"]
+        lines.append(f"| {organ} | {r['n']} | {o['dice_mean']:.3f} ± {o['dice_sd']:.3f} | "
+                     f"{b['dice_mean']:.3f} ± {b['dice_sd']:.3f} | {o['hd95_median_mm']:.1f} | "
+                     f"{b['hd95_median_mm']:.1f} | {o['missed']} / {b['missed']} | "
+                     f"{r.get('wilcoxon_p_dice', math.nan):.3g} |")
+    m = s["mean_dice"]
+    lines.append(f"| **mean over organs** | | **{m['ours']:.3f}** | **{m['baseline']:.3f}** | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation
+    from engine.inference.sliding_window import SlidingWindowPredictor
+    from engine.metrics._common import json_value
+    from engine.models.nn_mtnet import NetworkSpec
+    from engine.preprocessing.pipeline import Preprocessor
+    from engine.training.config import TrainerConfig
+    from engine.training.tasks import SegmentationTask
+    from engine.training.trainer import Trainer
+    from engine.utils.device import select_device
+
+    out = Path(args.out).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.json").exists() and not args.overwrite:
+        raise SystemExit(f"{out / 'results.json'} exists; pass --overwrite to replace it.")
+    ds = make_dataset(args, out)
+    split = holdout_split([c.case_id for c in ds.training], args.holdout, args.seed)
+    plan = plan_on(ds, set(split.train), args)
+    cfg = plan.configuration("3d_fullres")
+    organs = {k: v for k, v in plan.labels.items() if v > 0}
+    log.info("plan: spacing %s, patch %s, batch %d, strides %s", cfg.spacing, cfg.patch_size, cfg.batch_size,
+             cfg.network.strides)
+    device = select_device(args.device)
+    pre = Preprocessor(plan, "3d_fullres")
+    by_id = {c.case_id: c for c in ds.training}
+    t0 = time.monotonic()
+    train_cases = []
+    for cid in split.train:
+        p = pre(by_id[cid].load_image(), by_id[cid].load_label())
+        train_cases.append(TrainingCase(cid, p.image, p.label))
+    log.info("preprocessed %d training cases in %.0f s", len(train_cases), time.monotonic() - t0)
+    anisotropic = max(cfg.spacing) / min(cfg.spacing) >= 2.0
+    spec = NetworkSpec.from_topology(cfg.network, 1, len(plan.labels), args.base_features, args.max_features)
+    class_names = [plan.label_names[i] for i in range(1, len(plan.labels))]
+
+    networks, descriptions, times = {}, {}, {}
+    for method in METHODS:
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed % 2**32)
+        net, desc = build_network(method, spec)
+        loss, optimizer, scheduler = training_setup(method, desc["deep_supervision_outputs"])
+        data = PatchDataset(train_cases, cfg.patch_size, samples=args.steps_per_epoch * cfg.batch_size,
+                            augment=nnunet_augmentation(anisotropic=anisotropic))
+        trainer_cfg = TrainerConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                    batch_size=cfg.batch_size, num_workers=0, val_every=args.epochs,
+                                    monitor="train_loss", mode="min", seed=args.seed, device=args.device,
+                                    out_dir=str(out / "work" / method), grad_clip=12.0, optimizer=optimizer,
+                                    scheduler=scheduler, save_best=False)
+        log.info("training %s: %s parameters", method, f"{desc['parameters']:,}")
+        t = time.monotonic()
+        result = Trainer(net, SegmentationTask(loss, len(plan.labels), None, class_names), data, None,
+                         trainer_cfg).fit()
+        times[method] = time.monotonic() - t
+        if result.cancelled:
+            raise SystemExit("cancelled")
+        networks[method], descriptions[method] = net.eval(), desc
+        log.info("%s trained in %.0f s", method, times[method])
+
+    predictor = SlidingWindowPredictor(cfg.patch_size, device, overlap=0.5, sw_batch_size=2)
+    per_case: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
+    for i, cid in enumerate(split.test):
+        image, label = by_id[cid].load_image(), by_id[cid].load_label()
+        p = pre(image)
+        for method in METHODS:
+            labels = predictor(networks[method].to(device), p.image).argmax(0).numpy().astype(np.uint8)
+            restored = Preprocessor.restore_labels(labels, p.record)
+            per_case[method][cid] = evaluate_case(restored, label.array, image.spacing, organs)
+        log.info("scored %d/%d (%s)", i + 1, len(split.test), cid)
+
+    result = {
+        "dataset": str(Path(args.source).absolute()) if args.source else str(out / "dataset"),
+        "split": {"seed": args.seed, "holdout_fraction": args.holdout,
+                  "train": split.train, "test": split.test},
+        "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                   "batch_size": cfg.batch_size,
+                   "patch_size": cfg.patch_size, "spacing_mm": cfg.spacing, "features": spec.features,
+                   "sliding_window": {"overlap": 0.5, "mode": "gaussian", "mirroring": False}},
+        "methods": descriptions, "train_time_s": times, "hardware": hardware(),
+        "command": "python benchmarks/openkbp_comparison.py " + " ".join(sys.argv[1:]),
+        "organs": list(organs), "per_case": per_case, "summary": summarise(per_case, list(organs)),
+    }
+    (out / "results.json").write_text(json.dumps(json_value(result), indent=1))
+    (out / "results.md").write_text(markdown(result))
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "openkbp" / "train"),
+                   help="OpenKBP folder with pt_N/{ct,labels}.nii.gz (converted into OUT/dataset once)")
+    p.add_argument("--out", required=True, help="work and result folder")
+    p.add_argument("--cases", type=int, help="use only the first N patients (default: all)")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of cases held out for scoring")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, help="default: the plan's")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="default: the plan's")
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="default: the plan's")
+    p.add_argument("--base-features", type=int, help="first-stage channels of both networks (nnU-Net: 32)")
+    p.add_argument("--max-features", type=int, help="channel cap of both networks (nnU-Net: 320)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    result = run(args)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
