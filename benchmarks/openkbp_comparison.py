@@ -101,7 +101,8 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
             deep_supervision=outputs > 1, deep_supr_num=max(outputs - 1, 1), res_block=False))
         desc = {"network": "monai.networks.nets.DynUNet (nnU-Net 3d_fullres U-Net)"}
     desc.update(deep_supervision_outputs=outputs, features=list(spec.features),
-                kernel_sizes=spec.kernel_sizes, strides=spec.strides, parameters=int(sum(p.numel() for p in net.parameters())))
+                kernel_sizes=spec.kernel_sizes, strides=spec.strides,
+                parameters=int(sum(p.numel() for p in net.parameters())))
     return net, desc
 
 
