@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,11 +43,14 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the engi
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_model, save_model  # noqa: E402
 from torch import nn  # noqa: E402
 
 log = logging.getLogger("openkbp_comparison")
 
 METHODS = ("ours", "baseline")
+#: Per method in OUT/work/<method>/: trained weights, training wall time (s) summed over resumes.
+FINAL_WEIGHTS, TRAIN_TIME = "final.safetensors", "train_time_s.txt"
 #: nnU-Net v2 PolyLRScheduler / SGD defaults.
 NNUNET_SGD = dict(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
 
@@ -230,21 +234,60 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation
+def train_method(method: str, net: nn.Module, desc: dict[str, Any], cases: list, cfg, anisotropic: bool,
+                 args: argparse.Namespace, work: Path, class_names: list[str],
+                 deadline: float | None) -> bool:
+    """Train one method; False when stopped at ``deadline`` (resumable). Wall time adds up over resumes."""
+    from engine.data.patches import PatchDataset, nnunet_augmentation
+    from engine.training.config import TrainerConfig
+    from engine.training.tasks import SegmentationTask
+    from engine.training.trainer import Trainer
+
+    loss, optimizer, scheduler = training_setup(method, desc["deep_supervision_outputs"])
+    data = PatchDataset(cases, cfg.patch_size, samples=args.steps_per_epoch * cfg.batch_size,
+                        augment=nnunet_augmentation(anisotropic=anisotropic))
+    trainer_cfg = TrainerConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                batch_size=cfg.batch_size, num_workers=0, val_every=args.epochs,
+                                monitor="train_loss", mode="min", seed=args.seed, device=args.device,
+                                out_dir=str(work), grad_clip=12.0, optimizer=optimizer, scheduler=scheduler,
+                                save_best=False)
+    log.info("training %s: %s parameters", method, f"{desc['parameters']:,}")
+    started = time.monotonic()
+    result = Trainer(net, SegmentationTask(loss, len(class_names) + 1, None, class_names), data, None,
+                     trainer_cfg, resume=args.resume,
+                     cancel=(lambda: time.monotonic() > deadline) if deadline else None).fit()
+    earlier = float((work / TRAIN_TIME).read_text()) if (work / TRAIN_TIME).is_file() else 0.0
+    (work / TRAIN_TIME).write_text(f"{earlier + time.monotonic() - started:.1f}")
+    if result.cancelled:
+        return False
+    save_model(net, str(work / FINAL_WEIGHTS))  # handles DynUNet's aliased (shared) tensors
+    log.info("%s trained in %.0f s", method, float((work / TRAIN_TIME).read_text()))
+    return True
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The whole comparison; None while a method is still untrained (see --methods, --time-limit)."""
+    from engine.data.patches import TrainingCase
     from engine.inference.sliding_window import SlidingWindowPredictor
     from engine.metrics._common import json_value
     from engine.models.nn_mtnet import NetworkSpec
     from engine.preprocessing.pipeline import Preprocessor
-    from engine.training.config import TrainerConfig
-    from engine.training.tasks import SegmentationTask
-    from engine.training.trainer import Trainer
     from engine.utils.device import select_device
 
+    deadline = time.monotonic() + args.time_limit if args.time_limit else None
     out = Path(args.out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "results.json").exists() and not args.overwrite:
+    if args.overwrite:  # start over; the converted dataset is kept
+        shutil.rmtree(out / "work", ignore_errors=True)
+        for name in ("results.json", "results.md"):
+            (out / name).unlink(missing_ok=True)
+    elif (out / "results.json").exists():
         raise SystemExit(f"{out / 'results.json'} exists; pass --overwrite to replace it.")
+    for method in args.methods:
+        work = out / "work" / method
+        if (work / "checkpoints").exists() and not (work / FINAL_WEIGHTS).is_file() and not args.resume:
+            raise SystemExit(f"{method} has an unfinished training in {work}; pass --resume to continue it "
+                             "or --overwrite to start over.")
     ds = make_dataset(args, out)
     split = holdout_split([c.case_id for c in ds.training], args.holdout, args.seed)
     plan = plan_on(ds, set(split.train), args)
@@ -269,24 +312,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for method in METHODS:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed % 2**32)
-        net, desc = build_network(method, spec)
-        loss, optimizer, scheduler = training_setup(method, desc["deep_supervision_outputs"])
-        data = PatchDataset(train_cases, cfg.patch_size, samples=args.steps_per_epoch * cfg.batch_size,
-                            augment=nnunet_augmentation(anisotropic=anisotropic))
-        trainer_cfg = TrainerConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                                    batch_size=cfg.batch_size, num_workers=0, val_every=args.epochs,
-                                    monitor="train_loss", mode="min", seed=args.seed, device=args.device,
-                                    out_dir=str(out / "work" / method), grad_clip=12.0, optimizer=optimizer,
-                                    scheduler=scheduler, save_best=False)
-        log.info("training %s: %s parameters", method, f"{desc['parameters']:,}")
-        t = time.monotonic()
-        result = Trainer(net, SegmentationTask(loss, len(plan.labels), None, class_names), data, None,
-                         trainer_cfg).fit()
-        times[method] = time.monotonic() - t
-        if result.cancelled:
-            raise SystemExit("cancelled")
-        networks[method], descriptions[method] = net.eval(), desc
-        log.info("%s trained in %.0f s", method, times[method])
+        net, descriptions[method] = build_network(method, spec)
+        work = out / "work" / method
+        if (work / FINAL_WEIGHTS).is_file():  # trained by an earlier invocation
+            load_model(net, str(work / FINAL_WEIGHTS))
+        elif method in args.methods:
+            trained = train_method(method, net, descriptions[method], train_cases, cfg, anisotropic, args,
+                                   work, class_names, deadline)
+            if not trained:
+                log.warning("%s: stopped at the time limit; its last complete epoch is checkpointed in %s. "
+                            "Run the same command with --resume to continue.", method, work)
+                return None
+        times[method] = float((work / TRAIN_TIME).read_text()) if (work / TRAIN_TIME).is_file() else None
+        networks[method] = net.eval()
+    missing = [m for m in METHODS if not (out / "work" / m / FINAL_WEIGHTS).is_file()]
+    if missing:
+        log.info("trained %s; train %s too (--methods) before scoring.", ", ".join(args.methods),
+                 ", ".join(missing))
+        return None
 
     predictor = SlidingWindowPredictor(cfg.patch_size, device, overlap=0.5, sw_batch_size=2)
     per_case: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
@@ -333,6 +376,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-features", type=int, help="channel cap of both networks (nnU-Net: 320)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="train only these now (scoring waits until both are trained); default both")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop training once this run has taken this long (keeping the last complete epoch), "
+                        "e.g. to fit a per-command time limit; rerun with --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped training from OUT/work/<method>/checkpoints/last")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -341,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     result = run(args)
+    if result is None:
+        return 3  # not finished: a method is untrained or stopped at --time-limit
     print(markdown(result))
     return 0
 

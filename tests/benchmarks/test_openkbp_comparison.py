@@ -113,8 +113,15 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     args = ["--source", str(source), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
             "--patch", "16", "16", "16", "--batch-size", "2", "--base-features", "4", "--max-features", "8",
             "--holdout", "0.34", "--device", "cpu", "--seed", "1"]
-    assert okbp.main(args) == 0
+    # in pieces, as under a per-command time limit: stopped at once, resumed, one method at a time
+    assert okbp.main(args + ["--methods", "ours", "--time-limit", "1e-9"]) == 3
+    assert not (out / "work" / "ours" / okbp.FINAL_WEIGHTS).exists()
+    assert okbp.main(args + ["--methods", "ours", "--resume"]) == 3  # ours done, baseline untrained
+    assert (out / "work" / "ours" / okbp.FINAL_WEIGHTS).is_file() and not (out / "results.json").exists()
+    ours_time = float((out / "work" / "ours" / okbp.TRAIN_TIME).read_text())
+    assert okbp.main(args + ["--resume"]) == 0  # trains the baseline, reuses ours, scores
     result = json.loads((out / "results.json").read_text())
+    assert result["train_time_s"]["ours"] == pytest.approx(ours_time, abs=0.1)
     test, train = result["split"]["test"], result["split"]["train"]
     assert len(test) == 2 and len(train) == 4 and set(test).isdisjoint(train)
     assert result["budget"]["patch_size"] == [16, 16, 16] and result["budget"]["features"][0] == 4
@@ -129,3 +136,5 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     assert "| Brainstem | 2 |" in table and "mean over organs" in table
     with pytest.raises(SystemExit, match="--overwrite"):  # a finished run is never replaced silently
         okbp.main(args)
+    assert okbp.main(args + ["--methods", "baseline", "--overwrite"]) == 3  # starts over: ours is gone
+    assert not (out / "results.json").exists() and not (out / "work" / "ours").exists()
