@@ -220,7 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan = make_plan(extract_fingerprint(RawDataset.load(args.data)), args.task, spacing=args.target_spacing)
     progress = JsonLinesProgress(min_interval_s=1.0) if args.progress == "json" else TqdmProgress()
     bundle = pipeline.train(args.data, args.out, options, plan=plan, callbacks=[progress], overwrite=args.overwrite,
-                            command="python -m engine " + " ".join(sys.argv[1:]))
+                            command="python -m engine " + " ".join(a for a in sys.argv[1:] if a != "--resume"),
+                            resume=args.resume)
     print(f"Model {bundle.id} {bundle.version} ({options.variant}) written to {bundle.path}")
     for phase, values in bundle.metrics.items():
         if values:
@@ -378,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")
     s.add_argument("--progress", choices=("tqdm", "json"), default="tqdm",
                    help="json: machine-readable '@@progress' lines (used by the Slicer module)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from its last complete epochs "
+                        "(kept in the hidden .OUT.work folder beside --out)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_train)
 

@@ -12,6 +12,7 @@ volumes and result writing are shared with the other pipelines.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -43,7 +44,8 @@ from engine.preprocessing.pipeline import PreprocessedCase, Preprocessor, Prepro
 from engine.registry.bundle import DEMO_INTENDED_USE, Label, ModelBundle, save_bundle
 from engine.training.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from engine.training.tasks import ClassificationTask, SegmentationTask
-from engine.training.trainer import Callback, Trainer
+from engine.training.callbacks import read_history
+from engine.training.trainer import Callback, Trainer, TrainingResult
 from engine.utils.device import describe_device, select_device
 
 log = logging.getLogger(__name__)
@@ -318,13 +320,52 @@ def _segmentation_source(options: TrainOptions, plan: Plan | str | Path | None,
     return source
 
 
+#: Written into the work folder when a run starts, so ``resume`` can refuse different options.
+RUN_OPTIONS_FILE = "train_options.json"
+
+
+def _final_metrics(result: TrainingResult) -> dict[str, float]:
+    """The last epoch's metrics, also when that epoch ran before a resume (then from ``history.csv``)."""
+    if result.final_metrics or not result.history_path.is_file():
+        return dict(result.final_metrics)
+    rows = read_history(result.history_path)
+    return {k: v for k, v in rows[-1].items() if v is not None and k not in ("epoch", "lr")} if rows else {}
+
+
+def _check_resume(work: Path, options: TrainOptions, resume: bool) -> None:
+    """Record this run's options in ``work``; on resume, refuse options that differ from the stopped run's."""
+    recorded = work / RUN_OPTIONS_FILE
+    current = json.loads(json.dumps(asdict(options)))
+    if resume:
+        if not work.is_dir():
+            raise TrainingError(f"Nothing to resume: no unfinished training in {work}. Run without resume.")
+        if recorded.is_file():
+            before = json.loads(recorded.read_text())
+            changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+            if changed:
+                diffs = ", ".join(f"{k} ({before.get(k)!r} → {current.get(k)!r})" for k in changed)
+                raise TrainingError(f"resume continues a stopped run with the same options, but these "
+                                    f"differ: {diffs}. Repeat the original command with --resume.")
+        else:
+            log.warning("%s has no %s (written by an older engine): resuming without checking the options.",
+                        work, RUN_OPTIONS_FILE)
+        log.info("Resuming the training in %s.", work)
+    elif work.is_dir():
+        log.warning("%s holds an unfinished training; starting over (pass resume to continue it).", work)
+    work.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(current, indent=1))
+
+
 def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None = None,
           plan: Plan | str | Path | None = None, callbacks: Sequence[Callback] = (),
-          cancel: CancelFn | None = None, overwrite: bool = False, command: str | None = None) -> ModelBundle:
+          cancel: CancelFn | None = None, overwrite: bool = False, command: str | None = None,
+          resume: bool = False) -> ModelBundle:
     """Train nn-TransEC on a raw dataset with stages and write the model bundle to ``out_dir``.
 
-    Working files (checkpoints, ``history.csv`` per phase) go to ``out_dir/work``; the bundle is written
-    atomically at the end, so a cancelled or failed run leaves no half-written model.
+    Working files (checkpoints, ``history.csv`` per phase) go to a hidden ``.<out_dir>.work`` folder
+    beside it, which is kept until the bundle is written; the bundle is written atomically at the end,
+    so a cancelled or failed run leaves no half-written model. ``resume=True`` continues such a run
+    from the last complete epoch of each phase (same options required; the plan and data are re-read).
     """
     from engine.data.splits import dataset_splits
     from engine.data.validate import validate_dataset
@@ -334,6 +375,8 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     options = options or TrainOptions()
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "training")
+    work = out.parent / f".{out.name}.work"
+    _check_resume(work, options, resume)
     report = validate_dataset(dataset, require_stages=True)
     if not report.ok:
         raise TrainingError(f"The dataset at {dataset} has problems; fix them first:\n{report.summary()}")
@@ -384,7 +427,6 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         spec_full = NetworkSpec.from_dict(source.architecture["fullres"])
     else:
         spec_low, spec_full = network_specs(plan, options)
-    work = out.parent / f".{out.name}.work"
     metrics: dict[str, Any] = {}
     cfg_low, cfg_full = plan.configuration("3d_lowres"), plan.configuration("3d_fullres")
     anisotropic = max(cfg_full.spacing) / min(cfg_full.spacing) >= 2.0
@@ -400,12 +442,12 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         cfg = _trainer_config(options, work / phase, epochs, batch, options.lr,
                               "val_dice" if val else "train_loss", "max" if val else "min", options.steps_per_epoch)
         result = Trainer(net, task, data, val, cfg, callbacks=[_PhaseTaggedCallbacks(phase, callbacks)],
-                         cancel=cancel, collate_fn=None).fit()
+                         cancel=cancel, collate_fn=None, resume=resume).fit()
         if result.cancelled:
             raise Cancelled("training cancelled by the user; no model was written")
-        if val is not None and result.final_metrics:
-            return {k[len("val_"):]: v for k, v in result.final_metrics.items() if k.startswith("val_dice")}
-        return {}
+        if val is None:
+            return {}
+        return {k[len("val_"):]: v for k, v in _final_metrics(result).items() if k.startswith("val_dice")}
 
     def start_or_fit(phase: str, net: SegmentationNet, weights: str, epochs: int,
                      fit: Callable[[], dict]) -> dict:
@@ -471,11 +513,11 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     cfg = _trainer_config(options, work / "classifier", options.classifier_epochs,
                           min(options.classifier_batch_size, len(train_cases)), options.classifier_lr,
                           "val_auc" if cls_val else "train_loss", "max" if cls_val else "min", None)
-    result = Trainer(net, cls_task, cls_train, cls_val, cfg, callbacks=[_PhaseTaggedCallbacks("classifier", callbacks)],
-                     cancel=cancel).fit()
+    result = Trainer(net, cls_task, cls_train, cls_val, cfg, cancel=cancel, resume=resume,
+                     callbacks=[_PhaseTaggedCallbacks("classifier", callbacks)]).fit()
     if result.cancelled:
         raise Cancelled("training cancelled by the user; no model was written")
-    metrics["classifier"] = {k: v for k, v in result.final_metrics.items() if k.startswith("val_")}
+    metrics["classifier"] = {k: v for k, v in _final_metrics(result).items() if k.startswith("val_")}
 
     architecture = {"name": ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
                     "classifier": asdict(cls_options), "krt": use_box, "direct_3d": options.direct_3d,

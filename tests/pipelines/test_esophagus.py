@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from engine.cli import main as cli_main
-from engine.errors import BundleError, EngineError, ImageError
+from engine.errors import BundleError, Cancelled, EngineError, ImageError, TrainingError
 from engine.inference.krt import bbox_centre, crop_box, krt_box
 from engine.io.image import Image, read_image, write_image
 from engine.io.segmentation_nrrd import read_segmentation_nrrd
@@ -285,6 +285,39 @@ def test_cli_segmentation_from_keeps_the_segmentation_unless_epochs_are_given(ti
                      "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu"]) == 0
     options = load_bundle(tmp_path / "cls").training["options"]
     assert (options["lowres_epochs"], options["fullres_epochs"], options["classifier_epochs"]) == (0, 0, 1)
+
+
+def test_interrupted_training_resumes_to_the_same_model(tiny, tmp_path):
+    data, options = tiny["root"] / "data", eso.TrainOptions(**{**TINY, "classifier_epochs": 2})
+    reference = eso.train(data, tmp_path / "reference", options, plan=tiny["plan"])
+    stop = {"now": False}
+
+    def stop_after_first_classifier_epoch(event):
+        if event.kind == "epoch" and event.epoch == 1 and (event.message or "").startswith("classifier"):
+            stop["now"] = True
+
+    out = tmp_path / "model"
+    with pytest.raises(Cancelled):
+        eso.train(data, out, options, plan=tiny["plan"], callbacks=[stop_after_first_classifier_epoch],
+                  cancel=lambda: stop["now"])
+    work = tmp_path / ".model.work"
+    assert not out.exists() and (work / "classifier" / "checkpoints" / "last").is_dir()
+    with pytest.raises(TrainingError, match="seed"):  # resuming needs the same options
+        eso.train(data, out, eso.TrainOptions(**{**TINY, "classifier_epochs": 2, "seed": 9}),
+                  plan=tiny["plan"], resume=True)
+    epochs_run = []
+    resumed = eso.train(data, out, options, plan=tiny["plan"], resume=True,
+                        callbacks=[lambda e: epochs_run.append((e.message.split(":")[0], e.epoch))
+                                   if e.kind == "epoch" else None])
+    assert epochs_run == [("classifier", 2)]  # only what was missing: no phase started over
+    assert not work.exists()  # cleaned up once the bundle is written
+    for name in (eso.LOWRES, eso.FULLRES, eso.CLASSIFIER):  # bit for bit the uninterrupted run's model
+        ref, new = reference.load_state_dict(name), resumed.load_state_dict(name)
+        assert all(torch.equal(ref[k], new[k]) for k in ref), name
+    assert resumed.metrics["fullres"] == pytest.approx(reference.metrics["fullres"])  # from history.csv
+    assert resumed.metrics["classifier"] == pytest.approx(reference.metrics["classifier"])
+    with pytest.raises(TrainingError, match="Nothing to resume"):
+        eso.train(data, tmp_path / "never_started", options, plan=tiny["plan"], resume=True)
 
 
 def test_zero_epochs_need_a_model_to_start_from():
