@@ -332,10 +332,15 @@ def _final_metrics(result: TrainingResult) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if v is not None and k not in ("epoch", "lr")} if rows else {}
 
 
-def _check_resume(work: Path, options: TrainOptions, resume: bool) -> None:
-    """Record this run's options in ``work``; on resume, refuse options that differ from the stopped run's."""
+def _run_record(dataset: str | Path, options: TrainOptions) -> dict[str, Any]:
+    """What must not change between a stopped run and its resume: the dataset and every option."""
+    return json.loads(json.dumps({"dataset": str(Path(dataset).expanduser().absolute()), **asdict(options)}))
+
+
+def _check_resume(work: Path, current: dict[str, Any], resume: bool) -> None:
+    """On resume, refuse a dataset or options that differ from the stopped run's (read-only: bad input
+    writes nothing)."""
     recorded = work / RUN_OPTIONS_FILE
-    current = json.loads(json.dumps(asdict(options)))
     if resume:
         if not work.is_dir():
             raise TrainingError(f"Nothing to resume: no unfinished training in {work}. Run without resume.")
@@ -352,8 +357,11 @@ def _check_resume(work: Path, options: TrainOptions, resume: bool) -> None:
         log.info("Resuming the training in %s.", work)
     elif work.is_dir():
         log.warning("%s holds an unfinished training; starting over (pass resume to continue it).", work)
+
+
+def _record_run(work: Path, record: dict[str, Any]) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(current, indent=1))
+    (work / RUN_OPTIONS_FILE).write_text(json.dumps(record, indent=1))
 
 
 def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None = None,
@@ -376,7 +384,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "training")
     work = out.parent / f".{out.name}.work"
-    _check_resume(work, options, resume)
+    _check_resume(work, _run_record(dataset, options), resume)
     report = validate_dataset(dataset, require_stages=True)
     if not report.ok:
         raise TrainingError(f"The dataset at {dataset} has problems; fix them first:\n{report.summary()}")
@@ -399,6 +407,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     torch.manual_seed(options.seed)
     np.random.seed(options.seed % 2**32)
     t0 = time.monotonic()
+    _record_run(work, _run_record(dataset, options))  # the inputs are valid: from here on it may be resumed
 
     if options.fold is not None:
         split = dataset_splits(ds, folds=options.folds, seed=options.seed)[options.fold]

@@ -318,6 +318,7 @@ def test_interrupted_training_resumes_to_the_same_model(tiny, tmp_path):
     assert resumed.metrics["classifier"] == pytest.approx(reference.metrics["classifier"])
     with pytest.raises(TrainingError, match="Nothing to resume"):
         eso.train(data, tmp_path / "never_started", options, plan=tiny["plan"], resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reference"]  # refusals wrote nothing
 
 
 def test_zero_epochs_need_a_model_to_start_from():
@@ -336,7 +337,7 @@ def test_classifier_only_training_refuses_a_dataset_with_other_labels(tiny, tmp_
     options = eso.TrainOptions(**{**TINY, "segmentation_from": str(tiny["bundle"].path)})
     with pytest.raises(EngineError, match="same labels"):
         eso.train(other, tmp_path / "model", options)
-    assert not (tmp_path / "model").exists()
+    assert not (tmp_path / "model").exists() and not (tmp_path / ".model.work").exists()
 
 
 def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
