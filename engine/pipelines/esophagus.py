@@ -359,7 +359,11 @@ def _check_resume(work: Path, current: dict[str, Any], resume: bool) -> None:
         log.warning("%s holds an unfinished training; starting over (pass resume to continue it).", work)
 
 
-def _record_run(work: Path, record: dict[str, Any]) -> None:
+def _record_run(work: Path, record: dict[str, Any], resume: bool) -> None:
+    """Write the run record; a new run first clears an earlier run's work folder, so a later resume
+    cannot pick up that run's checkpoints for a phase this run has not reached."""
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / RUN_OPTIONS_FILE).write_text(json.dumps(record, indent=1))
 
@@ -383,8 +387,8 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     options = options or TrainOptions()
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "training")
-    work = out.parent / f".{out.name}.work"
-    _check_resume(work, _run_record(dataset, options), resume)
+    work, record = out.parent / f".{out.name}.work", _run_record(dataset, options)
+    _check_resume(work, record, resume)
     report = validate_dataset(dataset, require_stages=True)
     if not report.ok:
         raise TrainingError(f"The dataset at {dataset} has problems; fix them first:\n{report.summary()}")
@@ -407,7 +411,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     torch.manual_seed(options.seed)
     np.random.seed(options.seed % 2**32)
     t0 = time.monotonic()
-    _record_run(work, _run_record(dataset, options))  # the inputs are valid: from here on it may be resumed
+    _record_run(work, record, resume)  # the inputs are valid: from here on the run may be resumed
 
     if options.fold is not None:
         split = dataset_splits(ds, folds=options.folds, seed=options.seed)[options.fold]

@@ -321,6 +321,16 @@ def test_interrupted_training_resumes_to_the_same_model(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "reference"]  # refusals wrote nothing
 
 
+def test_a_new_run_clears_an_earlier_runs_checkpoints_and_a_resume_keeps_them(tmp_path):
+    work = tmp_path / ".model.work"
+    (work / "fullres" / "checkpoints" / "last").mkdir(parents=True)  # left by an earlier, other run
+    eso._record_run(work, {"seed": 1}, resume=True)
+    assert (work / "fullres" / "checkpoints" / "last").is_dir()
+    eso._record_run(work, {"seed": 2}, resume=False)
+    assert sorted(p.name for p in work.iterdir()) == [eso.RUN_OPTIONS_FILE]
+    assert json.loads((work / eso.RUN_OPTIONS_FILE).read_text()) == {"seed": 2}
+
+
 def test_zero_epochs_need_a_model_to_start_from():
     with pytest.raises(EngineError, match="segmentation-from"):
         eso.TrainOptions(fullres_epochs=0)
