@@ -33,7 +33,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,16 +110,27 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
     return net, desc
 
 
+def engine_trainer_config(args: argparse.Namespace, work: Path, batch: int):
+    """The trainer settings ``engine train`` gives a segmentation phase (optimiser, schedule, gradient
+    clipping), taken from the pipeline itself so that "ours" cannot drift from what users train."""
+    from engine.pipelines.esophagus import TrainOptions, _trainer_config
+
+    options = TrainOptions(seed=args.seed, device=args.device, val_every=max(1, args.epochs))
+    return _trainer_config(options, work, args.epochs, batch, options.lr, "train_loss", "min",
+                           args.steps_per_epoch)
+
+
 def training_setup(method: str, deep_supervision_outputs: int):
-    """Loss, optimizer and schedule each method prescribes."""
+    """Loss, optimizer and schedule each method prescribes; ours keeps ``engine train``'s optimizer and
+    schedule (``None``: those of :func:`engine_trainer_config`)."""
     from monai.losses import DiceCELoss
 
     from engine.losses import DeepSupervisionLoss, segmentation_loss
+    from engine.pipelines.esophagus import TrainOptions
     from engine.training.config import OptimizerConfig, SchedulerConfig
 
-    if method == "ours":  # what engine train's segmentation phases use
-        return (DeepSupervisionLoss(segmentation_loss("focal+dice")),
-                OptimizerConfig(name="adam", lr=1e-3, weight_decay=3e-5), SchedulerConfig(name="cosine"))
+    if method == "ours":
+        return DeepSupervisionLoss(segmentation_loss(TrainOptions().seg_loss)), None, None
     weights = [0.5 ** i for i in range(deep_supervision_outputs)]
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
                          smooth_nr=1e-5, smooth_dr=1e-5)
@@ -149,8 +160,6 @@ def make_dataset(args: argparse.Namespace, out: Path):
 
 def plan_on(ds, train_ids: set[str], args: argparse.Namespace):
     """nnU-Net's rules on the training cases only (normalisation statistics included)."""
-    from dataclasses import replace
-
     from engine.planning import extract_fingerprint, make_plan
     from engine.planning.planner import network_topology
 
@@ -239,29 +248,27 @@ def train_method(method: str, net: nn.Module, desc: dict[str, Any], cases: list,
                  deadline: float | None) -> bool:
     """Train one method; False when stopped at ``deadline`` (resumable). Wall time adds up over resumes."""
     from engine.data.patches import PatchDataset, nnunet_augmentation
-    from engine.training.config import TrainerConfig
     from engine.training.tasks import SegmentationTask
     from engine.training.trainer import Trainer
 
     loss, optimizer, scheduler = training_setup(method, desc["deep_supervision_outputs"])
     data = PatchDataset(cases, cfg.patch_size, samples=args.steps_per_epoch * cfg.batch_size,
                         augment=nnunet_augmentation(anisotropic=anisotropic))
-    trainer_cfg = TrainerConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                                batch_size=cfg.batch_size, num_workers=0, val_every=args.epochs,
-                                monitor="train_loss", mode="min", seed=args.seed, device=args.device,
-                                out_dir=str(work), grad_clip=12.0, optimizer=optimizer, scheduler=scheduler,
-                                save_best=False)
+    trainer_cfg = replace(engine_trainer_config(args, work, cfg.batch_size), save_best=False)
+    if optimizer is not None:
+        trainer_cfg = replace(trainer_cfg, optimizer=optimizer, scheduler=scheduler)
     log.info("training %s: %s parameters", method, f"{desc['parameters']:,}")
     started = time.monotonic()
     result = Trainer(net, SegmentationTask(loss, len(class_names) + 1, None, class_names), data, None,
                      trainer_cfg, resume=args.resume,
                      cancel=(lambda: time.monotonic() > deadline) if deadline else None).fit()
     earlier = float((work / TRAIN_TIME).read_text()) if (work / TRAIN_TIME).is_file() else 0.0
-    (work / TRAIN_TIME).write_text(f"{earlier + time.monotonic() - started:.1f}")
+    total = earlier + time.monotonic() - started
+    (work / TRAIN_TIME).write_text(f"{total:.1f}")
     if result.cancelled:
         return False
     save_model(net, str(work / FINAL_WEIGHTS))  # handles DynUNet's aliased (shared) tensors
-    log.info("%s trained in %.0f s", method, float((work / TRAIN_TIME).read_text()))
+    log.info("%s trained in %.0f s", method, total)
     return True
 
 
@@ -308,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     spec = NetworkSpec.from_topology(cfg.network, 1, len(plan.labels), args.base_features, args.max_features)
     class_names = [plan.label_names[i] for i in range(1, len(plan.labels))]
 
-    networks, descriptions, times = {}, {}, {}
+    networks, descriptions, times, missing = {}, {}, {}, []
     for method in METHODS:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed % 2**32)
@@ -316,16 +323,16 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         work = out / "work" / method
         if (work / FINAL_WEIGHTS).is_file():  # trained by an earlier invocation
             load_model(net, str(work / FINAL_WEIGHTS))
-        elif method in args.methods:
-            trained = train_method(method, net, descriptions[method], train_cases, cfg, anisotropic, args,
-                                   work, class_names, deadline)
-            if not trained:
-                log.warning("%s: stopped at the time limit; its last complete epoch is checkpointed in %s. "
-                            "Run the same command with --resume to continue.", method, work)
-                return None
-        times[method] = float((work / TRAIN_TIME).read_text()) if (work / TRAIN_TIME).is_file() else None
+        elif method not in args.methods:
+            missing.append(method)
+            continue
+        elif not train_method(method, net, descriptions[method], train_cases, cfg, anisotropic, args, work,
+                              class_names, deadline):
+            log.warning("%s: stopped at the time limit; its last complete epoch is checkpointed in %s. "
+                        "Run the same command with --resume to continue.", method, work)
+            return None
+        times[method] = float((work / TRAIN_TIME).read_text())
         networks[method] = net.eval()
-    missing = [m for m in METHODS if not (out / "work" / m / FINAL_WEIGHTS).is_file()]
     if missing:
         log.info("trained %s; train %s too (--methods) before scoring.", ", ".join(args.methods),
                  ", ".join(missing))

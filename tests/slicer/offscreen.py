@@ -212,8 +212,7 @@ def make_screenshots(out_dir=None) -> list:
         peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
         save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
         print(f"model {bundle.id} {bundle.version}; phantom seed {DEMO_CASE_SEED} (reference {case.targets.t_stage}); "
-              f"predicted "
-              f"{result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
+              f"predicted {result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
