@@ -202,8 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = pipeline.TrainOptions(
         **{k: v for k, v in per_phase.items() if v is not None},
         **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
-                                          "device", "folds", "seg_loss", "val_every", "segmentation_from")
-           if getattr(args, k) is not None},
+                                          "device", "folds", "seg_loss", "val_every", "segmentation_from",
+                                          "num_workers")
+           if getattr(args, k, None) is not None},
         fold=None if args.fold == "all" else int(args.fold),
         krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
         direct_3d=args.direct_3d,
@@ -354,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps-per-epoch", type=int, help="segmentation iterations per epoch (default 50)")
     s.add_argument("--batch-size", type=int, help="segmentation batch size (default: the plan's)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--num-workers", type=int,
+                   help="data-loading worker processes (default 0: load in the training process; on a GPU "
+                        "machine a few workers keep the GPU fed)")
     s.add_argument("--fold", default="0", help="cross-validation fold to hold out, or 'all' to train on everything")
     s.add_argument("--folds", type=int, help="number of folds (default 5)")
     s.add_argument("--seed", type=int)

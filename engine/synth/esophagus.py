@@ -17,6 +17,12 @@ line (extent along z, angular half-width, radial reach). How far it may reach wi
 a neighbour is planned by casting rays through the analytic anatomy before voxelising. Its HU
 overlaps the wall, muscles, nodes and vessels, so intensity alone does not find it.
 
+A T1/T2 tumour thickens the wall over its footprint (:class:`~engine.synth.thorax.WallThickening`:
+the outer wall moves out by 2.5–5 mm for T1, 3.5–7 mm for T2, at most half the fat gap to the
+nearest organ), because on CT focal wall thickening — not density — is how an intramural tumour
+shows; its density stays between those of the two wall layers. Depths and the stage rule are
+measured in undeformed radii, so the thickening never changes a stage.
+
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
 (≈ 4 mm per layer instead of ≈ 2 mm): deliberately, so invasion depth stays visible.
 """
@@ -32,8 +38,8 @@ from engine.data.dataset import CaseTargets, DatasetDescription
 from engine.synth.common import (STAGES, PhantomCase, Preset, finish_ct, make_grid, make_images,
                                  sample_stage, texture_field)
 from engine.synth.shapes import Canvas, Grid, ray_hits, smooth_noise, touches
-from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, ct_values,
-                                 paint_thorax, sample_thorax)
+from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, WallThickening,
+                                 ct_values, paint_thorax, sample_thorax)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ PRESETS = {
 LABELS = {"background": 0, "EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
 #: Stage mix of the EC169 cohort (T1, T2, T3, T4).
 STAGE_PROBABILITIES = (0.17, 0.19, 0.54, 0.10)
+#: Range of the focal wall thickening (mm) an intramural tumour causes, before the free-space cap.
+THICKENING_MM = {"T1": (2.5, 5.0), "T2": (3.5, 7.0)}
 _TISSUE_LABELS = {"tumour": 1, "aorta": 2, **{t: 3 for t in ESOPHAGUS}, "node": 4,
                   **{t: 5 for t in PERICARDIAL_SAC}}
 
@@ -141,14 +149,45 @@ def _plan_tumour(rng: np.random.Generator, th: Thorax, grid: Grid, stage: str) -
     return plan
 
 
-def _tumour_mask(rng: np.random.Generator, grid: Grid, th: Thorax, plan: TumourPlan) -> np.ndarray:
-    """Voxelise the dome: a patch on the wall × a radial range; the irregular outline never adds depth."""
+def _plan_thickening(rng: np.random.Generator, th: Thorax, grid: Grid, stage: str,
+                     plan: TumourPlan) -> WallThickening | None:
+    """The wall thickening under an intramural (T1/T2) tumour, kept clear of every neighbour.
+
+    The footprint is the tumour's, a quarter wider so the wall tapers back to normal beyond it.
+    Towards each direction the outer wall may move at most half of the free fat between it and
+    the nearest solid organ (rays through the footprint's heights, the narrowest gap within
+    ±10°), so a thickened wall never reaches the aorta or the pericardium.
+    """
+    if stage not in THICKENING_MM:
+        return None
+    half_length, half_width = 1.25 * plan.half_length, min(1.25 * plan.half_width, np.pi)
+    angles = np.linspace(-np.pi, np.pi, 73)[:-1]
+    zs = np.linspace(plan.z_centre - half_length, plan.z_centre + half_length, 9)
+    origins = np.stack([th.centre(z) for z in zs])
+    hits = ray_hits(th.obstacles(), origins[:, None, :], angles[None, :], th.r_cuff + 5.0).min(axis=0)
+    free = np.minimum(hits, th.r_cuff) - th.r_outer - 1.5 * grid.inplane_spacing
+    narrowest = np.min([np.roll(free, k) for k in range(-2, 3)], axis=0)
+    cap = 0.5 * np.clip(narrowest, 0.0, None)
+    return WallThickening(plan.z_centre, half_length, plan.phi, half_width, rng.uniform(*THICKENING_MM[stage]),
+                          tuple(float(c) for c in cap))
+
+
+def _tumour_mask(rng: np.random.Generator, grid: Grid, th: Thorax, plan: TumourPlan,
+                 thickening: WallThickening | None = None) -> np.ndarray:
+    """Voxelise the dome: a patch on the wall × a radial range; the irregular outline never adds depth.
+
+    Radii are undeformed ones (see :class:`WallThickening`), so a tumour under a thickened wall
+    stretches with it and keeps the depth its stage was planned for.
+    """
     tube = th.esophagus
-    lo, hi = tube.bounds(plan.reach / th.r_outer + 0.2,
+    stretch = 0.0 if thickening is None else thickening.depth_mm
+    lo, hi = tube.bounds((plan.reach + stretch) / th.r_outer + 0.2,
                          (plan.z_centre - plan.half_length, plan.z_centre + plan.half_length))
 
     def dome(z, y, x):
         rho, phi = tube.radial_mm(z, y, x)
+        if thickening is not None:
+            rho = thickening.undeformed_radius(th, z, rho, phi)
         dphi = np.angle(np.exp(1j * (phi - plan.phi))) / plan.half_width
         q2 = ((z - plan.z_centre) / plan.half_length) ** 2 + dphi ** 2
         # irregular outline: the footprint wobbles, the depth at its centre does not
@@ -170,16 +209,17 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
     sp = grid.inplane_spacing
     th = sample_thorax(rng, min_layer_mm=2.0 * sp, n_nodes=int(rng.integers(2, 5)), n_vessels=6)
     canvas = Canvas(grid, TISSUES)
-    rho = paint_thorax(canvas, th)
-
     plan = _plan_tumour(rng, th, grid, sampled)
-    tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan), not_over=SOLID_NEIGHBOURS)
+    thickening = _plan_thickening(rng, th, grid, sampled, plan)
+    rho = paint_thorax(canvas, th, thickening)
+
+    tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan, thickening), not_over=SOLID_NEIGHBOURS)
     for _ in range(5):  # a degenerate draw (e.g. clipped away): grow it until visible
         if tumour.sum() >= 8:
             break
         plan.half_length *= 1.5
         plan.half_width = min(plan.half_width * 1.5, np.pi)
-        tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan), not_over=SOLID_NEIGHBOURS)
+        tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan, thickening), not_over=SOLID_NEIGHBOURS)
 
     mean, amp = ct_values(rng)
     mean["tumour"] = 0.5 * (mean["esophagus_inner"] + mean["esophagus_muscle"]) + rng.uniform(-3.0, 8.0)
@@ -206,6 +246,7 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
         "tumour_centre_index_zyx": centre_idx.tolist(),
         "tumour_centre_xyz_mm": image.index_to_physical(centre_idx).tolist(),
         "invasion_depth_mm": float(rho[tumour].max() - th.r_outer),
+        "wall_thickening_mm": 0.0 if thickening is None else float(thickening.depth_mm),
         "wall_mm": {"lumen": th.r_lumen, "inner": th.r_inner - th.r_lumen, "muscularis": th.r_outer - th.r_inner},
         "noise_sd_hu": float(noise_sd),
         "masks": masks,

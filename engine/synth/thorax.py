@@ -191,15 +191,70 @@ def _vessel(rng: np.random.Generator, th: Thorax) -> Segment:
     return Segment(tuple(start), tuple(end), float(rng.uniform(1.5, 4.0)))  # type: ignore[arg-type]
 
 
-def esophagus_radius(grid: Grid, th: Thorax) -> np.ndarray:
-    """Distance (mm) of each voxel from the esophageal centre line, within the fat cuff (inf elsewhere)."""
+@dataclass(frozen=True)
+class WallThickening:
+    """Focal thickening of the esophageal wall by an intramural tumour (its mass effect).
+
+    On CT an esophageal cancer that has not breached the wall is seen as focal, asymmetric
+    wall thickening rather than by its density. The thickening is a radial warp: over a dome
+    footprint (``z_centre`` ± ``half_length`` mm along the centre line, ``phi`` ± ``half_width``
+    rad around it) the wall between the lumen and the outer edge is stretched outward by up to
+    ``depth_mm`` and the periesophageal fat cuff is compressed by as much, so nothing beyond
+    the cuff moves. Voxels are then painted, and staged, by their *undeformed* radius
+    (:meth:`undeformed_radius`), which keeps every wall layer — and therefore the invasion-depth
+    T-stage rule — topologically unchanged.
+    """
+
+    z_centre: float
+    half_length: float
+    phi: float
+    half_width: float
+    depth_mm: float
+    #: Largest displacement allowed towards each of ``len(cap_mm)`` evenly spaced directions
+    #: (starting at −π), so the wall stays clear of the organs around it.
+    cap_mm: tuple[float, ...] | None = None
+
+    def displacement(self, z: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """Outward displacement (mm) of the outer wall edge: a smooth dome, 0 off the footprint."""
+        dphi = np.angle(np.exp(1j * (phi - self.phi))) / self.half_width
+        q2 = ((np.asarray(z) - self.z_centre) / self.half_length) ** 2 + dphi ** 2
+        d = self.depth_mm * np.sqrt(np.clip(1.0 - q2, 0.0, 1.0))
+        if self.cap_mm is not None:
+            angles = np.linspace(-np.pi, np.pi, len(self.cap_mm) + 1)[:-1]
+            d = np.minimum(d, np.interp(phi, angles, self.cap_mm, period=2 * np.pi))
+        return d.astype(np.float32)
+
+    def undeformed_radius(self, th: "Thorax", z: np.ndarray, rho: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """Map a physical distance from the centre line to the radius it had before the thickening.
+
+        Piecewise linear and monotone in ``rho``: identity inside the lumen and beyond the fat
+        cuff; ``[r_lumen, r_outer + d]`` maps onto ``[r_lumen, r_outer]`` and
+        ``[r_outer + d, r_cuff]`` onto ``[r_outer, r_cuff]``.
+        """
+        d = np.minimum(self.displacement(z, phi), 0.9 * (th.r_cuff - th.r_outer))
+        wall = th.r_lumen + (rho - th.r_lumen) * (th.r_outer - th.r_lumen) / (th.r_outer + d - th.r_lumen)
+        cuff = th.r_outer + (rho - th.r_outer - d) * (th.r_cuff - th.r_outer) / (th.r_cuff - th.r_outer - d)
+        out = np.where(rho <= th.r_outer + d, wall, cuff)
+        return np.where((rho <= th.r_lumen) | (rho >= th.r_cuff), rho, out).astype(np.float32)
+
+
+def esophagus_radius(grid: Grid, th: Thorax, thickening: WallThickening | None = None) -> np.ndarray:
+    """Distance (mm) of each voxel from the esophageal centre line, within the fat cuff (inf elsewhere).
+
+    With a ``thickening`` the distance is the undeformed one (see :class:`WallThickening`).
+    """
     tube = th.esophagus
     box = tube.bounds(th.r_cuff / th.r_outer + 0.1, grid.z_range)
-    return grid.evaluate(lambda z, y, x: tube.radial_mm(z, y, x)[0], box, fill=np.inf)
+
+    def radius(z, y, x):
+        rho, phi = tube.radial_mm(z, y, x)
+        return rho if thickening is None else thickening.undeformed_radius(th, z, rho, phi)
+
+    return grid.evaluate(radius, box, fill=np.inf)
 
 
-def paint_thorax(canvas: Canvas, th: Thorax) -> np.ndarray:
-    """Paint the anatomy in drawing order; returns the esophageal radius field (mm)."""
+def paint_thorax(canvas: Canvas, th: Thorax, thickening: WallThickening | None = None) -> np.ndarray:
+    """Paint the anatomy in drawing order; returns the (undeformed) esophageal radius field (mm)."""
     g = canvas.grid
     canvas.paint("muscle", g.mask(th.body))
     canvas.paint("fat", g.mask(th.body) & ~g.mask(th.body_inner))
@@ -210,7 +265,7 @@ def paint_thorax(canvas: Canvas, th: Thorax) -> np.ndarray:
     for vessel in th.vessels:
         canvas.paint("lung_vessel", g.mask(vessel), only_over=("lung",))
     canvas.paint("mediastinal_fat", g.mask(th.mediastinum) & cavity, not_over=("liver", "fat"))
-    rho = esophagus_radius(g, th)
+    rho = esophagus_radius(g, th, thickening)
     canvas.paint("mediastinal_fat", rho < th.r_cuff, not_over=("fat", "air"))
     for node in th.nodes:
         canvas.paint("node", g.mask(node), only_over=("mediastinal_fat", "lung", "lung_vessel", "muscle"))

@@ -279,12 +279,15 @@ def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, cap
 
 
 def test_cli_segmentation_from_keeps_the_segmentation_unless_epochs_are_given(tiny, tmp_path):
+    """Also loads the classifier's batches in a worker process (``--num-workers``, as on a GPU machine)."""
     source = tiny["bundle"]
     assert cli_main(["train", "--task", "esophagus", "--data", str(tiny["root"] / "data"),
                      "--out", str(tmp_path / "cls"), "--segmentation-from", str(source.path), "--epochs", "1",
-                     "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu"]) == 0
+                     "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu",
+                     "--num-workers", "1"]) == 0
     options = load_bundle(tmp_path / "cls").training["options"]
     assert (options["lowres_epochs"], options["fullres_epochs"], options["classifier_epochs"]) == (0, 0, 1)
+    assert options["num_workers"] == 1
 
 
 def test_interrupted_training_resumes_to_the_same_model(tiny, tmp_path):

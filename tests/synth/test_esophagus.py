@@ -129,3 +129,42 @@ def test_realistic_case_has_the_paper_geometry():
     assert case.image.shape == (237, 256, 256) and case.label.shape == (237, 256, 256)
     assert case.image.spacing == (1.0, 0.73, 0.73)
     assert case.targets.t_stage in STAGES and case.meta["tumour_voxels"] > 100
+
+
+def test_wall_thickening_warp_is_monotone_and_local():
+    """The mass-effect warp moves only wall and fat cuff, keeps their order, and maps r_outer + d to r_outer."""
+    from engine.synth.thorax import WallThickening, sample_thorax
+
+    th = sample_thorax(np.random.default_rng(3), min_layer_mm=3.9)
+    w = WallThickening(z_centre=0.0, half_length=20.0, phi=0.5, half_width=1.0, depth_mm=4.0)
+    rho = np.linspace(0.0, th.r_cuff + 5.0, 2001, dtype=np.float32)
+    at_centre = w.undeformed_radius(th, np.zeros_like(rho), rho, np.full_like(rho, 0.5))
+    assert np.all(np.diff(at_centre) >= 0)
+    outside = (rho <= th.r_lumen) | (rho >= th.r_cuff)
+    np.testing.assert_allclose(at_centre[outside], rho[outside], atol=1e-5)
+    np.testing.assert_allclose(w.undeformed_radius(th, np.zeros(1), np.array([th.r_outer + 4.0]), np.array([0.5])),
+                               [th.r_outer], atol=1e-4)
+    # off the footprint (further along z, or on the other side) nothing moves
+    np.testing.assert_allclose(w.undeformed_radius(th, np.full_like(rho, 25.0), rho, np.full_like(rho, 0.5)), rho)
+    np.testing.assert_allclose(w.undeformed_radius(th, np.zeros_like(rho), rho, np.full_like(rho, 0.5 + np.pi)), rho)
+    # a cap towards a close neighbour limits the displacement towards it, and only there
+    cap = np.where(np.abs(np.linspace(-np.pi, np.pi, 73)[:-1] - 0.5) < 0.2, 1.0, 10.0)
+    capped = WallThickening(0.0, 20.0, 0.5, 1.0, 4.0, cap_mm=tuple(cap))
+    assert float(capped.displacement(np.zeros(1), np.array([0.5]))[0]) == pytest.approx(1.0)
+    assert float(capped.displacement(np.zeros(1), np.array([0.0]))[0]) > 3.0
+
+
+def test_intramural_tumours_thicken_the_wall_and_others_do_not(cases_by_stage):
+    """T1/T2: the wall's cross-section over the tumour is larger than away from it; T3/T4: unchanged."""
+    for stage, cases in cases_by_stage.items():
+        for case in cases:
+            m = case.meta
+            wall, tumour = m["masks"]["wall"], m["masks"]["tumour"]
+            area = wall.sum(axis=(1, 2))
+            tz = np.flatnonzero(tumour.any(axis=(1, 2)))
+            away = [z for z in range(len(area)) if (z < tz.min() - 4 or z > tz.max() + 4) and area[z] > 0]
+            ratio = area[int(round(m["tumour_centre_index_zyx"][0]))] / np.median(area[away])
+            if m["stage"] in ("T1", "T2"):
+                assert ratio > 1.1, (m["seed"], stage, ratio)
+            else:
+                assert m["wall_thickening_mm"] == 0.0 and 0.85 < ratio < 1.15, (m["seed"], stage, ratio)
