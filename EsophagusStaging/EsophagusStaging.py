@@ -404,7 +404,8 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         request = TrainingRequest(dataset=self.ui.datasetPathLineEdit.currentPath,
                                   model_name=self.ui.modelNameLineEdit.text, epochs=self.ui.epochsSpinBox.value,
-                                  device=self.ui.trainingDeviceComboBox.currentData)
+                                  device=self.ui.trainingDeviceComboBox.currentData,
+                                  resume=self.ui.resumeTrainingCheckBox.checked)
         try:
             self._trainingJob = self.logic.start_training(request, on_event=self.onTrainingEvent)
         except StagingInputError as exc:
@@ -441,7 +442,8 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._trainingJob is not None:
             self.logic.stop_training(self._trainingJob)
             self._trainingJob = None
-            self.ui.trainingStatusLabel.text = "Stopped; no model was written."
+            self.ui.trainingStatusLabel.text = ("Stopped; no model was written. Tick 'Resume a stopped run' and "
+                                                "train again with the same name to continue.")
             self.updateButtons()
 
 

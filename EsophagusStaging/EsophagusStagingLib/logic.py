@@ -135,6 +135,7 @@ class TrainingRequest:
     epochs: int = 50
     device: str = "auto"
     out_dir: str | Path | None = None  # default: <user model dir>/<model id>
+    resume: bool = False  # continue a stopped run into the same model folder from its last complete epochs
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -176,7 +177,14 @@ def engine_train_args(request: TrainingRequest, out_dir: Path) -> list[str]:
         raise StagingInputError("Train for at least one epoch.")
     return ["train", "--task", TASK, "--data", str(Path(request.dataset).expanduser()), "--out", str(out_dir),
             "--epochs", str(int(request.epochs)), "--device", request.device, "--model-id", request.model_id,
-            "--progress", "json", *request.extra_args]
+            "--progress", "json", *(["--resume"] if request.resume else []), *request.extra_args]
+
+
+def interrupted_training(out_dir: str | Path) -> bool:
+    """Whether a stopped training into ``out_dir`` left checkpoints that ``resume`` can continue."""
+    from engine.pipelines.esophagus import work_dir
+
+    return not Path(out_dir).exists() and work_dir(out_dir).is_dir()
 
 
 class EsophagusStagingLogic(ScriptedLoadableModuleLogic):
@@ -375,6 +383,9 @@ class EsophagusStagingLogic(ScriptedLoadableModuleLogic):
         out_dir = Path(request.out_dir) if request.out_dir else user_model_dir() / request.model_id
         if out_dir.exists():
             raise StagingInputError(f"A model folder '{out_dir}' already exists; choose another model name.")
+        if request.resume and not interrupted_training(out_dir):
+            raise StagingInputError(f"There is no stopped training of '{request.model_id}' to resume; untick "
+                                    "'Resume' to start a new one, or give the name of the stopped run.")
         engine_train_args(request, out_dir)  # checks the options now, not after validation
         job = TrainingJob(request, out_dir, self.launcher, self.python, on_event)
         job.job = EngineJob(["validate", str(dataset), "--require-stages"], launcher=self.launcher,

@@ -320,6 +320,12 @@ def _segmentation_source(options: TrainOptions, plan: Plan | str | Path | None,
     return source
 
 
+def work_dir(out_dir: str | Path) -> Path:
+    """Where a training into ``out_dir`` keeps its checkpoints until the bundle is written (for ``resume``)."""
+    out = Path(out_dir)
+    return out.parent / f".{out.name}.work"
+
+
 #: Written into the work folder when a run starts, so ``resume`` can refuse different options.
 RUN_OPTIONS_FILE = "train_options.json"
 
@@ -387,7 +393,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     options = options or TrainOptions()
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "training")
-    work, record = out.parent / f".{out.name}.work", _run_record(dataset, options)
+    work, record = work_dir(out), _run_record(dataset, options)
     _check_resume(work, record, resume)
     report = validate_dataset(dataset, require_stages=True)
     if not report.ok:

@@ -81,6 +81,24 @@ def test_training_refuses_a_folder_without_dataset_json(logic, tmp_path):
         logic.start_training(TrainingRequest(dataset=tmp_path, model_name="x"))
 
 
+def test_resume_continues_a_stopped_run_and_is_refused_without_one(logic, phantoms, tmp_path):
+    """'Resume a stopped run' adds ``--resume``; with nothing to resume the panel says so and starts nothing."""
+    from EsophagusStagingLib.logic import TrainingRequest, engine_train_args, interrupted_training
+
+    out = tmp_path / "models" / "eso"
+    request = TrainingRequest(dataset=phantoms.root, model_name="eso", out_dir=out, resume=True)
+    assert "--resume" in engine_train_args(request, out)
+    assert "--resume" not in engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="eso"), out)
+    assert not interrupted_training(out)
+    with pytest.raises(StagingInputError, match="no stopped training of 'eso'"):
+        logic.start_training(request)
+    assert not (tmp_path / "models").exists()
+    (out.parent / ".eso.work" / "classifier" / "checkpoints").mkdir(parents=True)  # what a stopped run leaves
+    assert interrupted_training(out)
+    out.mkdir()  # a finished model: nothing to resume any more
+    assert not interrupted_training(out)
+
+
 def test_training_reports_validation_problems(logic, tmp_path):
     from EsophagusStagingLib.logic import TrainingRequest
 
