@@ -246,7 +246,9 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
         "tumour_centre_index_zyx": centre_idx.tolist(),
         "tumour_centre_xyz_mm": image.index_to_physical(centre_idx).tolist(),
         "invasion_depth_mm": float(rho[tumour].max() - th.r_outer),
-        "wall_thickening_mm": 0.0 if thickening is None else float(thickening.depth_mm),
+        # how far the outer wall moved at the tumour's centre (after the cap towards neighbours)
+        "wall_thickening_mm": 0.0 if thickening is None else float(
+            thickening.displacement(np.array(plan.z_centre), np.array(plan.phi))),
         "wall_mm": {"lumen": th.r_lumen, "inner": th.r_inner - th.r_lumen, "muscularis": th.r_outer - th.r_inner},
         "noise_sd_hu": float(noise_sd),
         "masks": masks,
