@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
                                           "device", "folds", "seg_loss", "val_every", "segmentation_from",
                                           "num_workers")
-           if getattr(args, k, None) is not None},
+           if getattr(args, k) is not None},
         fold=None if args.fold == "all" else int(args.fold),
         krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
         direct_3d=args.direct_3d,

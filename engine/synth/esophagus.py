@@ -94,6 +94,15 @@ class TumourPlan:
     target: str | None = None
 
 
+def _free_radius(th: Thorax, z_centre: float, half_length: float, angles: np.ndarray) -> np.ndarray:
+    """Per direction, how far from the centre line the nearest solid neighbour is (at most the fat
+    cuff's radius), the smallest over nine heights spanning ``z_centre ± half_length``."""
+    zs = np.linspace(z_centre - half_length, z_centre + half_length, 9)
+    origins = np.stack([th.centre(z) for z in zs])
+    hits = ray_hits(th.obstacles(), origins[:, None, :], angles[None, :], th.r_cuff + 5.0).min(axis=0)
+    return np.minimum(hits, th.r_cuff)
+
+
 def _plan_tumour(rng: np.random.Generator, th: Thorax, grid: Grid, stage: str) -> TumourPlan:
     u = rng.uniform
     sp = grid.inplane_spacing
@@ -131,11 +140,7 @@ def _plan_tumour(rng: np.random.Generator, th: Thorax, grid: Grid, stage: str) -
     # T3: through the wall, but stop short of every neighbour (planned with rays)
     for _ in range(25):
         angles = plan.phi + np.linspace(-plan.half_width, plan.half_width, 25)
-        zs = np.linspace(plan.z_centre - plan.half_length - grid.spacing[0],
-                         plan.z_centre + plan.half_length + grid.spacing[0], 9)
-        origins = np.stack([th.centre(z) for z in zs])
-        hits = ray_hits(th.obstacles(), origins[:, None, :], angles[None, :], th.r_cuff + 5.0).min(axis=0)
-        free = np.minimum(hits, th.r_cuff) - margin
+        free = _free_radius(th, plan.z_centre, plan.half_length + grid.spacing[0], angles) - margin
         h = np.sqrt(np.clip(1.0 - ((angles - plan.phi) / plan.half_width) ** 2, 1e-6, 1.0))
         reach_max = float(np.min(th.r_lumen + (free - th.r_lumen) / np.sqrt(h)))
         if reach_max >= th.r_outer + 1.5 * sp:
@@ -161,11 +166,8 @@ def _plan_thickening(rng: np.random.Generator, th: Thorax, grid: Grid, stage: st
     if stage not in THICKENING_MM:
         return None
     half_length, half_width = 1.25 * plan.half_length, min(1.25 * plan.half_width, np.pi)
-    angles = np.linspace(-np.pi, np.pi, 73)[:-1]
-    zs = np.linspace(plan.z_centre - half_length, plan.z_centre + half_length, 9)
-    origins = np.stack([th.centre(z) for z in zs])
-    hits = ray_hits(th.obstacles(), origins[:, None, :], angles[None, :], th.r_cuff + 5.0).min(axis=0)
-    free = np.minimum(hits, th.r_cuff) - th.r_outer - 1.5 * grid.inplane_spacing
+    angles = WallThickening.directions(72)
+    free = _free_radius(th, plan.z_centre, half_length, angles) - th.r_outer - 1.5 * grid.inplane_spacing
     narrowest = np.min([np.roll(free, k) for k in range(-2, 3)], axis=0)
     cap = 0.5 * np.clip(narrowest, 0.0, None)
     return WallThickening(plan.z_centre, half_length, plan.phi, half_width, rng.uniform(*THICKENING_MM[stage]),

@@ -210,9 +210,14 @@ class WallThickening:
     phi: float
     half_width: float
     depth_mm: float
-    #: Largest displacement allowed towards each of ``len(cap_mm)`` evenly spaced directions
-    #: (starting at −π), so the wall stays clear of the organs around it.
+    #: Largest displacement allowed towards each of ``directions(len(cap_mm))``, so the wall stays
+    #: clear of the organs around it.
     cap_mm: tuple[float, ...] | None = None
+
+    @staticmethod
+    def directions(n: int) -> np.ndarray:
+        """``n`` evenly spaced in-plane directions (rad) from −π, the angles ``cap_mm`` refers to."""
+        return np.linspace(-np.pi, np.pi, n + 1)[:-1]
 
     def displacement(self, z: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Outward displacement (mm) of the outer wall edge: a smooth dome, 0 off the footprint."""
@@ -220,8 +225,7 @@ class WallThickening:
         q2 = ((np.asarray(z) - self.z_centre) / self.half_length) ** 2 + dphi ** 2
         d = self.depth_mm * np.sqrt(np.clip(1.0 - q2, 0.0, 1.0))
         if self.cap_mm is not None:
-            angles = np.linspace(-np.pi, np.pi, len(self.cap_mm) + 1)[:-1]
-            d = np.minimum(d, np.interp(phi, angles, self.cap_mm, period=2 * np.pi))
+            d = np.minimum(d, np.interp(phi, self.directions(len(self.cap_mm)), self.cap_mm, period=2 * np.pi))
         return d.astype(np.float32)
 
     def undeformed_radius(self, th: "Thorax", z: np.ndarray, rho: np.ndarray, phi: np.ndarray) -> np.ndarray:

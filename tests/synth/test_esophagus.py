@@ -148,7 +148,7 @@ def test_wall_thickening_warp_is_monotone_and_local():
     np.testing.assert_allclose(w.undeformed_radius(th, np.full_like(rho, 25.0), rho, np.full_like(rho, 0.5)), rho)
     np.testing.assert_allclose(w.undeformed_radius(th, np.zeros_like(rho), rho, np.full_like(rho, 0.5 + np.pi)), rho)
     # a cap towards a close neighbour limits the displacement towards it, and only there
-    cap = np.where(np.abs(np.linspace(-np.pi, np.pi, 73)[:-1] - 0.5) < 0.2, 1.0, 10.0)
+    cap = np.where(np.abs(WallThickening.directions(72) - 0.5) < 0.2, 1.0, 10.0)
     capped = WallThickening(0.0, 20.0, 0.5, 1.0, 4.0, cap_mm=tuple(cap))
     assert float(capped.displacement(np.zeros(1), np.array([0.5]))[0]) == pytest.approx(1.0)
     assert float(capped.displacement(np.zeros(1), np.array([0.0]))[0]) > 3.0
