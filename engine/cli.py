@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: v for k, v in per_phase.items() if v is not None},
         **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
                                           "device", "folds", "seg_loss", "val_every", "segmentation_from",
-                                          "num_workers")
+                                          "num_workers", "classifier_checkpoint")
            if getattr(args, k) is not None},
         fold=None if args.fold == "all" else int(args.fold),
         krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
@@ -226,8 +226,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"Model {bundle.id} {bundle.version} ({options.variant}) written to {bundle.path}")
     for phase, values in bundle.metrics.items():
         if values:
-            print(f"  {phase}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()
-                                              if isinstance(v, (int, float))))
+            print(f"  {phase}: " + ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}"
+                                              for k, v in values.items() if isinstance(v, (int, float))))
     return 0
 
 
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lowres-epochs", type=int, help="epochs of the low-resolution segmentation phase")
     s.add_argument("--fullres-epochs", type=int, help="epochs of the full-resolution segmentation phase")
     s.add_argument("--classifier-epochs", type=int, help="epochs of the stage-classification phase")
+    s.add_argument("--classifier-checkpoint", choices=("final", "best"),
+                   help="classifier to keep: the last epoch's (default) or the one with the best validation "
+                        "macro AUC (needs --fold N)")
     s.add_argument("--steps-per-epoch", type=int, help="segmentation iterations per epoch (default 50)")
     s.add_argument("--batch-size", type=int, help="segmentation batch size (default: the plan's)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -377,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--segmentation-from", metavar="MODEL",
                    help="start from this model's plan and segmentation networks and keep them as they are "
                         "(ablations, new stage labels); --lowres-epochs/--fullres-epochs N fine-tune them "
-                        "instead; the classifier is always trained anew (--epochs sets only its epochs here)")
+                        "instead (both > 0: intensity normalisation re-planned on --data); the classifier "
+                        "is always trained anew (--epochs sets only its epochs here)")
     s.add_argument("--model-id", help="bundle id (default esophagus-nntransec)")
     s.add_argument("--version", help="bundle version (default 1.0.0)")
     s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")

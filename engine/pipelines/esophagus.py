@@ -45,6 +45,7 @@ from engine.registry.bundle import DEMO_INTENDED_USE, Label, ModelBundle, save_b
 from engine.training.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from engine.training.tasks import ClassificationTask, SegmentationTask
 from engine.training.callbacks import read_history
+from engine.training.checkpoint import load_model_weights
 from engine.training.trainer import Callback, Trainer, TrainingResult
 from engine.utils.device import describe_device, select_device
 
@@ -54,6 +55,7 @@ TASK = "esophagus"
 ARCHITECTURE = "nn-MTNet"
 LOWRES, FULLRES, CLASSIFIER = "segmentation_lowres", "segmentation_fullres", "classifier"
 STAGES = ("T1", "T2", "T3", "T4")
+CLASSIFIER_CHECKPOINTS = ("final", "best")
 TUMOUR, ORGAN_OF_ORIGIN = "EC", "esophagus"
 #: Structures that are one object in every patient (paper §3.3 post-processing); lymph nodes are many.
 SINGLE_OBJECT = ("EC", "aorta", "esophagus", "pericardium")
@@ -106,7 +108,9 @@ class TrainOptions:
     (no KRT, no attention, no transfer: segmentation does not inform staging at all).
     ``segmentation_from`` (a bundle path or installed id) starts from that bundle's plan and cascade
     segmentation networks: a segmentation phase with 0 epochs keeps its network as it is, more epochs
-    continue training it (fine-tuning on new data, or adding budget across sessions). The classifier
+    continue training it (fine-tuning on new data, or adding budget across sessions). When both
+    phases train further, the intensity normalisation and stage weights are re-planned on the new
+    dataset (:func:`~engine.planning.planner.transfer_plan`); otherwise the source's stay. The classifier
     is always trained anew. With both segmentation phases at 0 the ablation variants differ in the
     staging phase alone, and staging can be retrained on new stage labels without re-segmenting.
     """
@@ -133,6 +137,9 @@ class TrainOptions:
     transfer: bool = True
     direct_3d: bool = False
     krt_jitter: float = 0.125
+    #: Which classifier goes into the bundle: the last epoch's, or the one with the best validation
+    #: macro AUC (needs a validation fold; small staging datasets overfit late).
+    classifier_checkpoint: str = "final"
     segmentation_from: str | None = None
     model_id: str = "esophagus-nntransec"
     model_name: str = "nn-TransEC esophageal cancer segmentation and T-staging"
@@ -140,6 +147,12 @@ class TrainOptions:
     intended_use: str = "research use only; not a medical device"
 
     def __post_init__(self) -> None:
+        if self.classifier_checkpoint not in CLASSIFIER_CHECKPOINTS:
+            raise TrainingError(f"classifier_checkpoint must be one of {CLASSIFIER_CHECKPOINTS}, "
+                                f"got {self.classifier_checkpoint!r}.")
+        if self.classifier_checkpoint == "best" and self.fold is None:
+            raise TrainingError("Keeping the best classifier needs a validation fold to judge it by; "
+                                "choose --fold N instead of 'all', or keep the final classifier.")
         if self.direct_3d:
             self.krt = self.attention = self.transfer = False
         for name in ("lowres_epochs", "fullres_epochs", "classifier_epochs", "steps_per_epoch",
@@ -334,7 +347,13 @@ def _final_metrics(result: TrainingResult) -> dict[str, float]:
     """The last epoch's metrics, also when that epoch ran before a resume (then from ``history.csv``)."""
     if result.final_metrics or not result.history_path.is_file():
         return dict(result.final_metrics)
-    rows = read_history(result.history_path)
+    return _epoch_metrics(result, None)
+
+
+def _epoch_metrics(result: TrainingResult, epoch: int | None) -> dict[str, float]:
+    """One epoch's row of ``history.csv`` (the last row for ``None``)."""
+    rows = read_history(result.history_path) if result.history_path.is_file() else []
+    rows = [r for r in rows if epoch is None or r.get("epoch") == epoch] or rows[-1:]
     return {k: v for k, v in rows[-1].items() if v is not None and k not in ("epoch", "lr")} if rows else {}
 
 
@@ -387,7 +406,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     """
     from engine.data.splits import dataset_splits
     from engine.data.validate import validate_dataset
-    from engine.planning import extract_fingerprint, make_plan
+    from engine.planning import extract_fingerprint, make_plan, transfer_plan
     from engine.registry.bundle import _check_target
 
     options = options or TrainOptions()
@@ -408,6 +427,12 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     source = _segmentation_source(options, plan, ds.description.labels)
     if source is not None:
         plan = Plan.from_dict(source.plan)
+        if options.lowres_epochs > 0 and options.fullres_epochs > 0:
+            # every network is trained further: normalise as this dataset needs (a kept network
+            # must see the intensities it was trained on, so then the source's normalisation stays)
+            plan = transfer_plan(plan, extract_fingerprint(ds))
+            log.info("Fine-tuning: intensity normalisation re-planned on this dataset (clip %s HU).",
+                     [round(c, 1) for c in plan.normalization.clip or []])
     elif plan is None:
         plan = make_plan(extract_fingerprint(ds), TASK)
     elif not isinstance(plan, Plan):
@@ -536,7 +561,15 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                      callbacks=[_PhaseTaggedCallbacks("classifier", callbacks)]).fit()
     if result.cancelled:
         raise Cancelled("training cancelled by the user; no model was written")
-    metrics["classifier"] = {k: v for k, v in _final_metrics(result).items() if k.startswith("val_")}
+    chosen = _final_metrics(result)
+    if options.classifier_checkpoint == "best" and result.best_checkpoint_path is not None:
+        net.load_state_dict(load_model_weights(result.best_checkpoint_path))
+        chosen = _epoch_metrics(result, result.best_epoch)
+        log.info("Classifier: kept epoch %s (best validation macro AUC %.3f) of %d.", result.best_epoch,
+                 result.best_metric, result.epochs_run)
+    metrics["classifier"] = {k: v for k, v in chosen.items() if k.startswith("val_")}
+    if options.classifier_checkpoint == "best":
+        metrics["classifier"]["epoch"] = result.best_epoch if result.best_checkpoint_path else result.epochs_run
 
     architecture = {"name": ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
                     "classifier": asdict(cls_options), "krt": use_box, "direct_3d": options.direct_3d,
@@ -593,7 +626,8 @@ def model_card(options: TrainOptions, dataset_name: str, metrics: dict, cases: i
     cls = metrics.get("classifier") or {}
     if cls:
         lines += ["## Validation staging (held-out fold)", "",
-                  ", ".join(f"{k[len('val_'):] if k.startswith('val_') else k} {v:.3f}" for k, v in cls.items()
+                  ", ".join(f"{k[len('val_'):] if k.startswith('val_') else k} "
+                            + (f"{v}" if isinstance(v, int) else f"{v:.3f}") for k, v in cls.items()
                             if isinstance(v, (int, float))), ""]
     lines += ["Method: Segmentation prompts classification: nnU-Net-based 3D transfer learning with ROI "
               "tokenization and cross-task attention for esophageal cancer T-stage diagnosis (nn-TransEC)."]

@@ -8,7 +8,9 @@ from engine.planning.planner import (
     Plan,
     infer_task,
     make_plan,
+    transfer_plan,
 )
 
 __all__ = ["Fingerprint", "extract_fingerprint", "tumour_label_name", "Plan", "Configuration",
-           "NetworkTopology", "Normalization", "make_plan", "infer_task"]
+           "NetworkTopology", "Normalization", "make_plan", "infer_task",
+           "transfer_plan"]

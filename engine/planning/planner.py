@@ -336,3 +336,24 @@ def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None
         stage_loss_weights=weights,
         fingerprint=fp.to_dict(),
     )
+
+
+def transfer_plan(source: Plan, fp: Fingerprint) -> Plan:
+    """A pretrained model's plan moved onto a new dataset for fine-tuning (nnU-Net's plan transfer).
+
+    What the trained networks depend on stays the source's: configurations (spacing, patch,
+    topology) and the KRT box. What describes the data comes from the new dataset: intensity
+    normalisation — a source clip window that cuts off the new data's contrast (an enhanced
+    aorta, say) would hide it from the network — and the stage counts and loss weights.
+    """
+    if fp.modality.upper() != source.modality.upper():
+        raise PlanError(f"The model was planned for {source.modality} but the dataset is {fp.modality}; "
+                        "fine-tune only on the same modality.")
+    weights = source.stage_loss_weights
+    if fp.stage_names and fp.stage_counts:
+        weights = stage_loss_weights(fp.stage_counts, fp.stage_names)
+    return Plan(
+        task=source.task, dataset_name=fp.dataset_name, modality=source.modality, labels=dict(source.labels),
+        configurations=source.configurations, normalization=normalization_for(fp.modality, fp.foreground_intensity),
+        tumour_label=source.tumour_label, krt_box_size=source.krt_box_size, stage_names=source.stage_names,
+        stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights, fingerprint=fp.to_dict())

@@ -17,10 +17,15 @@ line (extent along z, angular half-width, radial reach). How far it may reach wi
 a neighbour is planned by casting rays through the analytic anatomy before voxelising. Its HU
 overlaps the wall, muscles, nodes and vessels, so intensity alone does not find it.
 
+The CT is a portal-venous contrast phase (version 3; the paper's cohort had enhanced CT): blood
+pools are bright, and the tumour enhances 10–25 HU more than the muscularis — one to two noise SDs,
+low-contrast, seen as a region rather than voxel by voxel. Versions 1–2 had an iso-dense tumour
+whose edge inside the wall was invisible, so its extent could not be learnt from the image.
+
 A T1/T2 tumour thickens the wall over its footprint (:class:`~engine.synth.thorax.WallThickening`:
 the outer wall moves out by 2.5–5 mm for T1, 3.5–7 mm for T2, at most half the fat gap to the
 nearest organ), because on CT focal wall thickening — not density — is how an intramural tumour
-shows; its density stays between those of the two wall layers. Depths and the stage rule are
+shows. Depths and the stage rule are
 measured in undeformed radii, so the thickening never changes a stage.
 
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
@@ -54,6 +59,14 @@ LABELS = {"background": 0, "EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4,
 STAGE_PROBABILITIES = (0.17, 0.19, 0.54, 0.10)
 #: Range of the focal wall thickening (mm) an intramural tumour causes, before the free-space cap.
 THICKENING_MM = {"T1": (2.5, 5.0), "T2": (3.5, 7.0)}
+#: Contrast phase of the CT (the paper's cohort had thin-slice contrast-enhanced CT).
+PHASE = "venous"
+#: How much more the tumour enhances than the muscularis (HU): about one to two noise SDs, so the
+#: tumour is low-contrast — visible as a region, not voxel by voxel.
+TUMOUR_ENHANCEMENT_HU = (10.0, 25.0)
+#: Phantom generations: 1 iso-dense intramural tumours, 2 + focal wall thickening under T1/T2,
+#: 3 + contrast-enhanced (venous) phase with an enhancing tumour.
+PHANTOM_VERSION = 3
 _TISSUE_LABELS = {"tumour": 1, "aorta": 2, **{t: 3 for t in ESOPHAGUS}, "node": 4,
                   **{t: 5 for t in PERICARDIAL_SAC}}
 
@@ -223,8 +236,9 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
         plan.half_width = min(plan.half_width * 1.5, np.pi)
         tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan, thickening), not_over=SOLID_NEIGHBOURS)
 
-    mean, amp = ct_values(rng)
-    mean["tumour"] = 0.5 * (mean["esophagus_inner"] + mean["esophagus_muscle"]) + rng.uniform(-3.0, 8.0)
+    mean, amp = ct_values(rng, PHASE)
+    enhancement = rng.uniform(*TUMOUR_ENHANCEMENT_HU)
+    mean["tumour"] = mean["esophagus_muscle"] + enhancement
     amp["tumour"] = rng.uniform(5.0, 10.0)
     clean = canvas.render(mean, amp, texture_field(rng, grid, 3.0))
     noise_sd = rng.uniform(10.0, 22.0) if sp < 1.0 else rng.uniform(6.0, 12.0)
@@ -252,7 +266,8 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
         "wall_thickening_mm": 0.0 if thickening is None else float(
             thickening.displacement(np.array(plan.z_centre), np.array(plan.phi))),
         "wall_mm": {"lumen": th.r_lumen, "inner": th.r_inner - th.r_lumen, "muscularis": th.r_outer - th.r_inner},
-        "noise_sd_hu": float(noise_sd),
+        "noise_sd_hu": float(noise_sd), "phase": PHASE, "phantom_version": PHANTOM_VERSION,
+        "tumour_enhancement_hu": float(enhancement),
         "masks": masks,
     }
     return PhantomCase(image, label_img, CaseTargets(t_stage=stage), meta)

@@ -299,13 +299,27 @@ def paint_thorax(canvas: Canvas, th: Thorax, thickening: WallThickening | None =
     return rho
 
 
-def ct_values(rng: np.random.Generator) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-case mean HU and texture amplitude per tissue (non-contrast chest CT).
+#: Portal-venous-phase enhancement (HU added to the non-contrast value), drawn per case. Blood pools
+#: gain most, parenchyma less, muscle and the esophageal wall a little, fat, air and bone nothing.
+VENOUS_ENHANCEMENT_HU = {
+    "aorta": (100.0, 150.0), "heart_blood": (90.0, 140.0), "lung_vessel": (70.0, 110.0), "heart": (40.0, 60.0),
+    "liver": (40.0, 60.0), "muscle": (8.0, 15.0), "node": (15.0, 30.0), "pericardium": (10.0, 20.0),
+    "esophagus_wall": (12.0, 22.0),
+}
+PHASES = ("non-contrast", "venous")
+
+
+def ct_values(rng: np.random.Generator, phase: str = "non-contrast") -> tuple[dict[str, float], dict[str, float]]:
+    """Per-case mean HU and texture amplitude per tissue, for a non-contrast or portal-venous chest CT.
 
     Soft tissues share one case-level offset, like calibration drift between scanners. The
     esophageal inner layers are a little darker than the muscularis (submucosal fat/oedema):
-    a subtle, realistic difference that only shows after averaging out noise.
+    a subtle, realistic difference that only shows after averaging out noise. The venous phase
+    draws the non-contrast values first (the same draws), then adds :data:`VENOUS_ENHANCEMENT_HU`;
+    both wall layers gain the same amount, so their difference is kept.
     """
+    if phase not in PHASES:
+        raise ValueError(f"unknown CT phase {phase!r}; expected one of {PHASES}")
     u = rng.uniform
     off = u(-8.0, 8.0)
     inner = u(25.0, 36.0) + off
@@ -321,4 +335,9 @@ def ct_values(rng: np.random.Generator) -> tuple[dict[str, float], dict[str, flo
     amp = {"fat": 12.0, "muscle": 6.0, "liver": 5.0, "lung": 25.0, "lung_vessel": 8.0, "mediastinal_fat": 12.0,
            "node": 6.0, "bone": 45.0, "bone_cortex": 60.0, "disc": 10.0, "aorta": 4.0, "heart": 4.0,
            "heart_blood": 4.0, "esophagus_muscle": 5.0, "esophagus_inner": 5.0, "trachea_wall": 15.0}
+    if phase == "venous":
+        gain = {t: u(*r) for t, r in VENOUS_ENHANCEMENT_HU.items()}
+        gain["esophagus_muscle"] = gain["esophagus_inner"] = gain.pop("esophagus_wall")
+        for tissue, hu in gain.items():
+            mean[tissue] += hu
     return mean, amp

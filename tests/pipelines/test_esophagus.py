@@ -7,6 +7,7 @@ and bad inputs — not accuracy, which ``docs/results.md`` reports for the demo 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -276,6 +277,42 @@ def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, cap
     full_src, full_new = source.load_state_dict(eso.FULLRES), tuned.load_state_dict(eso.FULLRES)
     assert any(not torch.equal(full_src[k], full_new[k]) for k in full_src)  # trained on
     assert tuned.training["options"]["fullres_epochs"] == 1
+    assert tuned.plan == source.plan  # a kept network keeps the normalisation it was trained with
+
+
+def test_fine_tuning_both_phases_renormalises_on_the_new_dataset(tiny, tmp_path):
+    """nnU-Net-style plan transfer: the source's networks and configurations, the new data's intensities."""
+    source = tiny["bundle"]
+    other = generate_dataset("esophagus", tmp_path / "other", cases=4, seed=11)
+    options = eso.TrainOptions(**{**TINY, "segmentation_from": str(source.path)})
+    tuned = eso.train(tmp_path / "other", tmp_path / "tuned", options)
+    expected = make_plan(extract_fingerprint(other), "esophagus").normalization
+    assert tuned.plan["normalization"] == dataclasses.asdict(expected) != source.plan["normalization"]
+    assert tuned.plan["configurations"] == source.plan["configurations"]
+    assert tuned.architecture["fullres"] == source.architecture["fullres"]
+    assert tuned.plan["fingerprint"]["dataset_name"] == other.description.name
+
+
+def test_best_classifier_checkpoint_is_the_best_validated_epoch(tiny, tmp_path):
+    source = tiny["bundle"]
+    base = {**TINY, "segmentation_from": str(source.path), "lowres_epochs": 0, "fullres_epochs": 0,
+            "classifier_epochs": 4, "seed": 3}
+    final = eso.train(tiny["root"] / "data", tmp_path / "final", eso.TrainOptions(**base))
+    best = eso.train(tiny["root"] / "data", tmp_path / "best",
+                     eso.TrainOptions(**base, classifier_checkpoint="best"))
+    epoch = best.metrics["classifier"]["epoch"]
+    assert isinstance(epoch, int) and 1 <= epoch <= 4
+    auc_best, auc_final = best.metrics["classifier"]["val_auc"], final.metrics["classifier"]["val_auc"]
+    assert auc_best >= auc_final or np.isnan(auc_final)
+    # the same run (same seed) up to the choice: the weights are the final ones only if the last epoch won
+    same = all(torch.equal(v, best.load_state_dict(eso.CLASSIFIER)[k])
+               for k, v in final.load_state_dict(eso.CLASSIFIER).items())
+    assert same == (epoch == 4)
+    assert f", epoch {epoch}\n" in (best.path / "MODEL_CARD.md").read_text()
+    with pytest.raises(TrainingError, match="validation fold"):
+        eso.TrainOptions(**{**base, "fold": None}, classifier_checkpoint="best")
+    with pytest.raises(TrainingError, match="classifier_checkpoint"):
+        eso.TrainOptions(**base, classifier_checkpoint="latest")
 
 
 def test_cli_segmentation_from_keeps_the_segmentation_unless_epochs_are_given(tiny, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from engine.planning.planner import (
     patch_size_for,
     stage_loss_weights,
     target_spacing,
+    transfer_plan,
 )
 from tests.conftest import shared_data
 
@@ -84,6 +87,26 @@ def test_plan_from_dataset_records_everything(blob_dataset, tmp_path):
     path = plan.save(tmp_path / "plan.json")
     again = Plan.load(path)
     assert again.to_dict() == plan.to_dict()
+
+
+def test_transfer_plan_keeps_the_networks_and_takes_the_new_datas_intensities(blob_dataset):
+    fp = extract_fingerprint(RawDataset.load(blob_dataset))
+    source = make_plan(fp, "esophagus", spacing=(4.0, 3.0, 3.0))
+    # the new dataset: 150 HU brighter (an enhanced phase, say) and another stage mix
+    stats = {k: v + 150.0 if k != "std" else v for k, v in fp.foreground_intensity.items()}
+    new = dataclasses.replace(fp, dataset_name="Enhanced", foreground_intensity=stats,
+                              stage_counts={"T1": 1, "T2": 1, "T3": 5, "T4": 1})
+    moved = transfer_plan(source, new)
+    assert moved.configurations == source.configurations and moved.krt_box_size == source.krt_box_size
+    assert moved.labels == source.labels and moved.stage_names == source.stage_names
+    np.testing.assert_allclose(moved.normalization.clip, np.array(source.normalization.clip) + 150.0)
+    assert moved.normalization.mean == pytest.approx(source.normalization.mean + 150.0)
+    assert moved.normalization.std == pytest.approx(source.normalization.std)
+    assert moved.dataset_name == "Enhanced" and moved.stage_counts["T3"] == 5
+    assert moved.stage_loss_weights == stage_loss_weights(new.stage_counts, source.stage_names)
+    assert Plan.from_dict(moved.to_dict()).to_dict() == moved.to_dict()
+    with pytest.raises(PlanError, match="same modality"):
+        transfer_plan(source, dataclasses.replace(fp, modality="MR"))
 
 
 def test_plan_task_specific_choices(blob_dataset):

@@ -95,24 +95,27 @@ def test_intensities_are_plausible_hu(cases_by_stage):
         img, lab, m = case.image.array, case.label.array, case.meta["masks"]
         assert case.image.modality == "CT"
         assert img.min() >= -1024 and img.max() <= 3071
-        assert -10 <= np.median(img[lab == 2]) <= 100          # aorta (non-contrast blood)
-        assert -10 <= np.median(img[lab == 1]) <= 100          # tumour: soft tissue
+        assert 100 <= np.median(img[lab == 2]) <= 260          # aorta: contrast-enhanced blood (venous phase)
+        assert 0 <= np.median(img[lab == 1]) <= 130            # tumour: enhancing soft tissue
+        assert case.meta["phase"] == "venous" and case.meta["phantom_version"] == 3
+        assert 10.0 <= case.meta["tumour_enhancement_hu"] <= 25.0
         assert -10 <= np.median(img[(lab == 3) & m["muscularis"]]) <= 100
         assert -60 <= np.median(img[lab == 4]) <= 100          # lymph nodes in fat (partial volume)
         assert np.percentile(img, 2) < -700                     # aerated lung in the field of view
         assert np.percentile(img, 99.9) > 200                   # vertebral bone
 
 
-def test_tumour_is_not_separable_by_hu(cases_by_stage):
-    """The tumour's HU overlaps the esophageal wall and lymph nodes: no threshold finds it."""
+def test_tumour_is_low_contrast_not_separable_by_hu(cases_by_stage):
+    """The tumour enhances a little more than the wall (a region is visible), but its HU overlaps the
+    wall's and the nodes': no threshold finds it."""
     aucs, dices = [], []
     for case in _all(cases_by_stage)[::2]:
         img, lab, m = case.image.array, case.label.array, case.meta["masks"]
         soft = ((lab == 3) & m["muscularis"]) | (lab == 4)
         aucs.append(separability_auc(img[lab == 1], img[soft]))
         dices.append(best_threshold_dice(img, lab == 1))
-    assert max(aucs) < 0.85, aucs
-    assert np.mean(aucs) < 0.75, aucs
+    assert 0.6 < np.mean(aucs) < 0.9, aucs
+    assert max(aucs) < 0.99, aucs
     assert max(dices) < 0.1, dices
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from engine.synth.common import finish_ct, texture_field
 from engine.synth.shapes import Canvas, Grid
-from engine.synth.thorax import TISSUES, ct_values, paint_thorax, sample_thorax
+from engine.synth.thorax import TISSUES, VENOUS_ENHANCEMENT_HU, ct_values, paint_thorax, sample_thorax
 from tests.synth._checks import erode6
 
 #: Plausible non-contrast chest CT ranges (median HU of the tissue's interior).
@@ -42,6 +42,24 @@ def test_tissue_hu_ranges(rendered):
         checked.add(tissue)
     assert {"air", "lung", "fat", "muscle", "aorta", "bone"} <= checked, checked
     assert volume.min() >= -1024 and volume.max() <= 3071
+
+
+def test_venous_phase_enhances_blood_and_parenchyma_only():
+    plain, _ = ct_values(np.random.default_rng(4))
+    venous, _ = ct_values(np.random.default_rng(4), "venous")
+    gain = {t: venous[t] - plain[t] for t in plain}
+    for tissue, (lo, hi) in VENOUS_ENHANCEMENT_HU.items():
+        if tissue != "esophagus_wall":
+            assert lo <= gain[tissue] <= hi, (tissue, gain[tissue])
+    assert venous["aorta"] > 100 and venous["heart_blood"] > 100          # blood pools bright
+    # both wall layers gain the same, so the subtle inner/muscularis difference is kept
+    assert gain["esophagus_inner"] == gain["esophagus_muscle"] > 0
+    assert venous["esophagus_muscle"] - venous["esophagus_inner"] == pytest.approx(
+        plain["esophagus_muscle"] - plain["esophagus_inner"])
+    for tissue in ("fat", "lung", "bone", "air", "trachea_air", "mediastinal_fat"):
+        assert gain[tissue] == 0.0, tissue
+    with pytest.raises(ValueError, match="phase"):
+        ct_values(np.random.default_rng(4), "arterial")
 
 
 def test_anatomy_is_present_and_in_place(rendered):
