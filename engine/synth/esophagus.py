@@ -24,9 +24,8 @@ whose edge inside the wall was invisible, so its extent could not be learnt from
 
 A T1/T2 tumour thickens the wall over its footprint (:class:`~engine.synth.thorax.WallThickening`:
 the outer wall moves out by 2.5–5 mm for T1, 3.5–7 mm for T2, at most half the fat gap to the
-nearest organ), because on CT focal wall thickening — not density — is how an intramural tumour
-shows. Depths and the stage rule are
-measured in undeformed radii, so the thickening never changes a stage.
+nearest organ), because on CT focal wall thickening is the main sign of an intramural tumour.
+Depths and the stage rule are measured in undeformed radii, so the thickening never changes a stage.
 
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
 (≈ 4 mm per layer instead of ≈ 2 mm): deliberately, so invasion depth stays visible.
