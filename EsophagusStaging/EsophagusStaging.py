@@ -405,7 +405,9 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         request = TrainingRequest(dataset=self.ui.datasetPathLineEdit.currentPath,
                                   model_name=self.ui.modelNameLineEdit.text, epochs=self.ui.epochsSpinBox.value,
                                   device=self.ui.trainingDeviceComboBox.currentData,
-                                  resume=self.ui.resumeTrainingCheckBox.checked)
+                                  resume=self.ui.resumeTrainingCheckBox.checked,
+                                  start_from=self.ui.modelComboBox.currentData
+                                  if self.ui.fineTuneCheckBox.checked else None)
         try:
             self._trainingJob = self.logic.start_training(request, on_event=self.onTrainingEvent)
         except StagingInputError as exc:

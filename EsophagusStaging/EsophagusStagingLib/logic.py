@@ -136,6 +136,9 @@ class TrainingRequest:
     device: str = "auto"
     out_dir: str | Path | None = None  # default: <user model dir>/<model id>
     resume: bool = False  # continue a stopped run into the same model folder from its last complete epochs
+    #: Fine-tune this model (folder or zip) on the dataset instead of training from scratch: its plan
+    #: and segmentation networks are the start, every phase trains ``epochs`` more, the classifier anew.
+    start_from: str | Path | None = None
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -175,9 +178,18 @@ def engine_train_args(request: TrainingRequest, out_dir: Path) -> list[str]:
         raise StagingInputError(f"Device must be one of {', '.join(DEVICES)}, not '{request.device}'.")
     if int(request.epochs) < 1:
         raise StagingInputError("Train for at least one epoch.")
+    epochs = str(int(request.epochs))
+    fine_tune: list[str] = []
+    if request.start_from:
+        start = Path(request.start_from).expanduser()
+        if not (start / "model.json").is_file() and not (start.is_file() and start.suffix == ".zip"):
+            raise StagingInputError(f"'{start}' is not a model to fine-tune (no model.json); choose an installed "
+                                    "model, or untick 'Fine-tune the selected model'.")
+        # --epochs alone would keep a reused segmentation as it is: name both phases to train them on
+        fine_tune = ["--segmentation-from", str(start), "--lowres-epochs", epochs, "--fullres-epochs", epochs]
     return ["train", "--task", TASK, "--data", str(Path(request.dataset).expanduser()), "--out", str(out_dir),
-            "--epochs", str(int(request.epochs)), "--device", request.device, "--model-id", request.model_id,
-            "--progress", "json", *(["--resume"] if request.resume else []), *request.extra_args]
+            "--epochs", epochs, "--device", request.device, "--model-id", request.model_id,
+            "--progress", "json", *fine_tune, *(["--resume"] if request.resume else []), *request.extra_args]
 
 
 def interrupted_training(out_dir: str | Path) -> bool:

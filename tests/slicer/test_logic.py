@@ -99,6 +99,27 @@ def test_resume_continues_a_stopped_run_and_is_refused_without_one(logic, phanto
     assert not interrupted_training(out)
 
 
+def test_fine_tuning_starts_every_phase_from_the_selected_model(phantoms, tmp_path):
+    """'Fine-tune the selected model' names the model and both segmentation phases' epochs (``--epochs``
+    alone would keep a reused segmentation unchanged); a folder without a model is refused."""
+    from engine.cli import build_parser
+    from EsophagusStagingLib.logic import TrainingRequest, engine_train_args
+
+    model = tmp_path / "installed-model"
+    model.mkdir()
+    (model / "model.json").write_text("{}")  # the panel checks the folder; the engine checks the bundle
+    out = tmp_path / "tuned"
+    args = engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="tuned", epochs=7,
+                                             start_from=model), out)
+    parsed = build_parser().parse_args(args)
+    assert parsed.segmentation_from == str(model)
+    assert (parsed.epochs, parsed.lowres_epochs, parsed.fullres_epochs) == (7, 7, 7)
+    plain = build_parser().parse_args(engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="x"), out))
+    assert plain.segmentation_from is None and plain.lowres_epochs is None
+    with pytest.raises(StagingInputError, match="not a model to fine-tune"):
+        engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="x", start_from=tmp_path), out)
+
+
 def test_training_reports_validation_problems(logic, tmp_path):
     from EsophagusStagingLib.logic import TrainingRequest
 
