@@ -402,6 +402,10 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if not _ensure_dependencies():
             return
+        if self.ui.fineTuneCheckBox.checked and not self.ui.modelComboBox.currentData:
+            slicer.util.errorDisplay("Select the model to fine-tune under Segment & Stage, or untick "
+                                     "'Fine-tune the selected model'.")
+            return
         request = TrainingRequest(dataset=self.ui.datasetPathLineEdit.currentPath,
                                   model_name=self.ui.modelNameLineEdit.text, epochs=self.ui.epochsSpinBox.value,
                                   device=self.ui.trainingDeviceComboBox.currentData,
