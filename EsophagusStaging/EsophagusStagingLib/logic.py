@@ -181,10 +181,12 @@ def engine_train_args(request: TrainingRequest, out_dir: Path) -> list[str]:
     epochs = str(int(request.epochs))
     fine_tune: list[str] = []
     if request.start_from:
+        from engine.registry import MANIFEST_NAME
+
         start = Path(request.start_from).expanduser()
-        if not (start / "model.json").is_file() and not (start.is_file() and start.suffix == ".zip"):
-            raise StagingInputError(f"'{start}' is not a model to fine-tune (no model.json); choose an installed "
-                                    "model, or untick 'Fine-tune the selected model'.")
+        if not (start / MANIFEST_NAME).is_file() and not (start.is_file() and start.suffix == ".zip"):
+            raise StagingInputError(f"'{start}' is not a model to fine-tune (no {MANIFEST_NAME}); choose an "
+                                    "installed model, or untick 'Fine-tune the selected model'.")
         # --epochs alone would keep a reused segmentation as it is: name both phases to train them on
         fine_tune = ["--segmentation-from", str(start), "--lowres-epochs", epochs, "--fullres-epochs", epochs]
     return ["train", "--task", TASK, "--data", str(Path(request.dataset).expanduser()), "--out", str(out_dir),

@@ -353,7 +353,8 @@ def _final_metrics(result: TrainingResult) -> dict[str, float]:
 def _epoch_metrics(result: TrainingResult, epoch: int | None) -> dict[str, float]:
     """One epoch's row of ``history.csv`` (the last row for ``None``)."""
     rows = read_history(result.history_path) if result.history_path.is_file() else []
-    rows = [r for r in rows if epoch is None or r.get("epoch") == epoch] or rows[-1:]
+    if epoch is not None:
+        rows = [r for r in rows if r["epoch"] == epoch]
     return {k: v for k, v in rows[-1].items() if v is not None and k not in ("epoch", "lr")} if rows else {}
 
 
@@ -561,15 +562,15 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
                      callbacks=[_PhaseTaggedCallbacks("classifier", callbacks)]).fit()
     if result.cancelled:
         raise Cancelled("training cancelled by the user; no model was written")
-    chosen = _final_metrics(result)
+    chosen, kept_epoch = _final_metrics(result), result.epochs_run
     if options.classifier_checkpoint == "best" and result.best_checkpoint_path is not None:
         net.load_state_dict(load_model_weights(result.best_checkpoint_path))
-        chosen = _epoch_metrics(result, result.best_epoch)
-        log.info("Classifier: kept epoch %s (best validation macro AUC %.3f) of %d.", result.best_epoch,
+        chosen, kept_epoch = _epoch_metrics(result, result.best_epoch), result.best_epoch
+        log.info("Classifier: kept epoch %s (best validation macro AUC %.3f) of %d.", kept_epoch,
                  result.best_metric, result.epochs_run)
     metrics["classifier"] = {k: v for k, v in chosen.items() if k.startswith("val_")}
     if options.classifier_checkpoint == "best":
-        metrics["classifier"]["epoch"] = result.best_epoch if result.best_checkpoint_path else result.epochs_run
+        metrics["classifier"]["epoch"] = kept_epoch
 
     architecture = {"name": ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
                     "classifier": asdict(cls_options), "krt": use_box, "direct_3d": options.direct_3d,
