@@ -254,6 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             summary = pipeline.run_batch(source, args.out, args.model, device=args.device,
                                          gradcam=not args.no_gradcam, overwrite=args.overwrite,
+                                         tta=not args.no_tta,
                                          progress=lambda done, total, name: update(done, total))
         finally:
             close()
@@ -261,7 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = pipeline.segment_and_stage(source, args.out, args.model, device=args.device,
                                         gradcam=not args.no_gradcam, overwrite=args.overwrite,
-                                        progress=_step_progress(args.progress), series_uid=args.series_uid)
+                                        progress=_step_progress(args.progress), series_uid=args.series_uid,
+                                        tta=not args.no_tta)
     print(format_staging_result(result.report, result.out_dir))
     return 0
 
@@ -282,7 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     update, close = _tqdm_progress("evaluating")
     try:
         files = pipeline.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
-                                  progress=update)
+                                  progress=update, tta=not args.no_tta)
     finally:
         close()
     md = files.get("metrics.md")
@@ -293,6 +295,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --- parser -------------------------------------------------------------------------------------
+
+NO_TTA_HELP = ("stage probabilities from the crop as it is, without averaging over the classifier's "
+               "in-plane mirrorings (the default averages 4)")
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.synth import PRESETS, TASKS
@@ -400,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat map")
+    s.add_argument("--no-tta", action="store_true", help=NO_TTA_HELP)
     s.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     s.add_argument("--progress", choices=("log", "json"), default="log")
     s.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
@@ -411,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--out", required=True)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--no-tta", action="store_true", help=NO_TTA_HELP)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 

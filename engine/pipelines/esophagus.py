@@ -35,6 +35,7 @@ from engine.explain.gradcam import grad_cam, paste_into_volume
 from engine.inference.krt import KrtBox, box_around, crop_box, krt_box
 from engine.inference.postprocess import keep_largest_component
 from engine.inference.sliding_window import SlidingWindowPredictor
+from engine.inference.tta import mirrored_class_probabilities
 from engine.inference.volumes import structure_volumes_cm3
 from engine.io.image import Image
 from engine.losses import DeepSupervisionLoss, segmentation_loss, stage_focal_loss
@@ -59,6 +60,9 @@ CLASSIFIER_CHECKPOINTS = ("final", "best")
 TUMOUR, ORGAN_OF_ORIGIN = "EC", "esophagus"
 #: Structures that are one object in every patient (paper §3.3 post-processing); lymph nodes are many.
 SINGLE_OBJECT = ("EC", "aorta", "esophagus", "pericardium")
+#: Spatial axes (z, y, x → 0, 1, 2) the stage classifier sees mirrored in training and averages over at
+#: inference: in-plane only, the cranio-caudal order carries anatomy (tumour above/below the carina).
+CLASSIFIER_MIRROR_AXES = (1, 2)
 
 
 def _code(scheme: str, code: str, meaning: str) -> dict[str, str]:
@@ -289,9 +293,9 @@ class StageCrops(torch.utils.data.Dataset):
             seg_input = crop_box(seg_input, box_around([(n - 1) / 2 for n in seg_input.shape[1:]], self.size,
                                                        "volume"), pad_value=outside_values(seg_input))
         if self.train:
-            for axis in (1, 2, 3):
-                if np.random.rand() < 0.5 and axis != 1:  # in-plane mirroring only: keep cranio-caudal order
-                    seg_input = np.flip(seg_input, axis=axis)
+            for axis in (0, 1, 2):  # one draw per axis, mirrored or not (keeps seeded runs reproducible)
+                if np.random.rand() < 0.5 and axis in CLASSIFIER_MIRROR_AXES:
+                    seg_input = np.flip(seg_input, axis=axis + 1)
             seg_input = seg_input.copy()
             seg_input[0] = seg_input[0] * np.random.uniform(0.9, 1.1) + np.random.normal(0, 0.05)
         x = torch.from_numpy(np.ascontiguousarray(seg_input, dtype=np.float32))
@@ -651,6 +655,7 @@ class EsophagusPrediction:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    test_time_augmentation: dict[str, str] = field(default_factory=dict)
 
 
 class _Timer:
@@ -674,6 +679,13 @@ class _Timer:
                 return False
 
         return _Step()
+
+
+def describe_tta(tta: bool) -> dict[str, str]:
+    """What test-time augmentation a run used, for report.json and the evaluation header."""
+    n = 2 ** len(CLASSIFIER_MIRROR_AXES)
+    return {"stage_classification": f"mean over {n} in-plane mirrorings" if tta else "none",
+            "segmentation": "none"}
 
 
 INFERENCE_STEPS = ("preprocess", "segmentation_lowres", "segmentation_fullres", "postprocess", "krt",
@@ -722,7 +734,9 @@ class EsophagusPredictor:
         self.num_classes = len(self.plan.labels)
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None) -> EsophagusPrediction:
+                cancel: CancelFn | None = None, tta: bool = True) -> EsophagusPrediction:
+        """``tta``: average the stage probabilities over the in-plane mirrorings the classifier was
+        trained with (4 passes of a small crop; segmentation is not mirrored)."""
         check_ct_intensities(image)
         plan, labels = self.plan, self.plan.labels
         timer = _Timer(progress, cancel, INFERENCE_STEPS)
@@ -757,8 +771,9 @@ class EsophagusPredictor:
         self.net.to(device)
         with timer.step("classification"):
             with torch.no_grad():
-                logits = self.net.classify(crop[:, :1].to(device), crop.to(device))
-            p = torch.softmax(logits.float(), 1)[0].cpu().numpy().astype(np.float64)
+                inputs = (crop[:, :1].to(device), crop.to(device))
+                probs = mirrored_class_probabilities(self.net.classify, inputs, CLASSIFIER_MIRROR_AXES if tta else ())
+            p = probs[0].cpu().numpy().astype(np.float64)
             p = p / p.sum()
         cam_image = None
         if gradcam:
@@ -783,7 +798,7 @@ class EsophagusPredictor:
             stage_probabilities={s: float(v) for s, v in zip(self.stage_names, p)},
             predicted_stage=self.stage_names[int(np.argmax(p))], gradcam=cam_image, volumes_cm3=volumes,
             krt_box=krt_box_physical(box, full.record), warnings=warnings, timings_s=timer.timings,
-            device=describe_device(device))
+            device=describe_device(device), test_time_augmentation=describe_tta(tta))
 
 
 def krt_box_physical(box: KrtBox, record: PreprocessRecord) -> dict[str, Any]:
@@ -849,6 +864,7 @@ def build_report(prediction: EsophagusPrediction, bundle: ModelBundle, image: Im
         "warnings": prediction.warnings,
         "timings_s": prediction.timings_s,
         "device": prediction.device,
+        "test_time_augmentation": prediction.test_time_augmentation,
         "engine_version": engine.__version__,
     }
 
@@ -856,7 +872,8 @@ def build_report(prediction: EsophagusPrediction, bundle: ModelBundle, image: Im
 def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
                       model: str | Path | ModelBundle | EsophagusPredictor | None = None, device: str = "auto",
                       gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
-                      cancel: CancelFn | None = None, series_uid: str | None = None) -> StagingResult:
+                      cancel: CancelFn | None = None, series_uid: str | None = None,
+                      tta: bool = True) -> StagingResult:
     """Segment & Stage one CT and write ``segmentation.nii.gz``, ``segmentation.seg.nrrd``,
     ``gradcam.nii.gz``, ``report.json`` and ``overview.png`` into ``out_dir``, all or nothing.
 
@@ -878,7 +895,7 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
         image.modality = "CT"
     check_ct_intensities(image)
     predictor = model if isinstance(model, EsophagusPredictor) else EsophagusPredictor(load_model(model), device)
-    prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel)
+    prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel, tta=tta)
     report = build_report(prediction, predictor.bundle, image, source)
     segments = outputs.segments_from_labels(predictor.bundle.labels)
     writers: dict[str, Callable[[Path], Any]] = {
@@ -912,7 +929,7 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
 def run_batch(source: str | Path, out_dir: str | Path, model: str | Path | ModelBundle | None = None,
               device: str = "auto", gradcam: bool = True, overwrite: bool = False,
               progress: Callable[[int, int, str], None] | None = None,
-              cancel: CancelFn | None = None) -> Path:
+              cancel: CancelFn | None = None, tta: bool = True) -> Path:
     """Segment & Stage every input of a folder or CSV list into ``out_dir/<case>/`` and write one
     ``summary.csv`` (a failed case is a row with its error; the batch goes on)."""
     from engine.pipelines import outputs
@@ -933,7 +950,7 @@ def run_batch(source: str | Path, out_dir: str | Path, model: str | Path | Model
         row: dict[str, Any] = {"case": name, "input": str(path)}
         try:
             result = segment_and_stage(path, out / name, predictor, gradcam=gradcam, overwrite=overwrite,
-                                       cancel=cancel)
+                                       cancel=cancel, tta=tta)
             rep = result.report
             row.update({"status": "ok", "predicted_stage": rep["predicted_stage"],
                         **{f"p_{k}": round(v, 6) for k, v in rep["stage_probabilities"].items()},
@@ -957,7 +974,8 @@ def run_batch(source: str | Path, out_dir: str | Path, model: str | Path | Model
 
 def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | ModelBundle | None = None,
              device: str = "auto", cases: Sequence[str] | None = None, overwrite: bool = False,
-             progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None) -> dict[str, Path]:
+             progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None,
+             tta: bool = True) -> dict[str, Path]:
     """Run the model on every labelled case of ``dataset`` and write the paper's tables and plots."""
     from engine.evaluation import evaluate_case, summarize, write_report
 
@@ -972,7 +990,7 @@ def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | Model
             raise Cancelled("evaluation cancelled; nothing was written")
         image = case.load_image()
         ref = case.load_label(reference=image)
-        pred = predictor.predict(image, gradcam=False, cancel=cancel)
+        pred = predictor.predict(image, gradcam=False, cancel=cancel, tta=tta)
         evaluations.append(evaluate_case(case.case_id, pred.labels.array, ref.array, image.spacing,
                                          {k: v for k, v in predictor.plan.labels.items() if v != 0},
                                          stage_true=case.stage, stage_probabilities=pred.stage_probabilities))
@@ -981,5 +999,7 @@ def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | Model
     bundle = predictor.bundle
     report = summarize(evaluations, predictor.stage_names if any(c.stage for c in selected) else None,
                        {"task": TASK, "model": f"{bundle.id} {bundle.version}", "dataset": str(dataset),
-                        "cases": len(selected), "device": describe_device(predictor.device)})
+                        "cases": len(selected), "device": describe_device(predictor.device),
+                        "test-time augmentation": ", ".join(f"{k.replace('_', ' ')}: {v}"
+                                                            for k, v in describe_tta(tta).items())})
     return write_report(report, out_dir, overwrite=overwrite)

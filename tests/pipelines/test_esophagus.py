@@ -94,6 +94,31 @@ def test_gradcam_is_in_0_1_and_lies_inside_the_krt_box(tiny):
         assert np.all(point >= lo - margin) and np.all(point <= hi + margin)
 
 
+def test_stage_probabilities_average_the_in_plane_mirrorings_of_the_crop(tiny, monkeypatch):
+    predictor = tiny["predictor"]
+    image = tiny["dataset"].training[1].load_image()
+    calls = []
+    classify = predictor.net.classify
+
+    def recording(ct, seg_input):
+        calls.append((ct.clone(), seg_input.clone()))
+        return classify(ct, seg_input)
+
+    monkeypatch.setattr(predictor.net, "classify", recording)
+    plain = predictor.predict(image, gradcam=False, tta=False)
+    assert len(calls) == 1 and plain.test_time_augmentation["stage_classification"] == "none"
+    ct, seg_input = calls[0]
+    calls.clear()
+    mirrored = predictor.predict(image, gradcam=False, tta=True)
+    assert len(calls) == 4 and "4 in-plane mirrorings" in mirrored.test_time_augmentation["stage_classification"]
+    assert torch.equal(calls[0][0], ct)
+    assert torch.equal(calls[3][0], torch.flip(ct, (3, 4))) and torch.equal(calls[3][1], torch.flip(seg_input, (3, 4)))
+    with torch.no_grad():
+        expected = np.mean([torch.softmax(classify(c, s), 1)[0].numpy() for c, s in calls], axis=0)
+    np.testing.assert_allclose(list(mirrored.stage_probabilities.values()), expected / expected.sum(), atol=1e-6)
+    np.testing.assert_array_equal(mirrored.labels.array, plain.labels.array)  # segmentation is not mirrored
+
+
 def test_krt_crop_is_centred_on_the_tumour_and_pads_outside():
     labels = np.zeros((20, 30, 30), np.uint8)
     labels[3:7, 10:16, 0:4] = 1      # tumour at the x border
@@ -117,7 +142,7 @@ def test_segment_and_stage_writes_every_output_consistently(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     for key in ("task", "model", "input", "stage_probabilities", "predicted_stage", "volumes_cm3", "krt_box",
-                "warnings", "timings_s"):
+                "warnings", "timings_s", "test_time_augmentation"):
         assert key in report
     assert report["model"]["sha256"] == {w.name: w.sha256 for w in tiny["bundle"].weights}
     assert abs(sum(report["stage_probabilities"].values()) - 1) < 1e-6
@@ -403,6 +428,10 @@ def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
                      "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics
+    assert "mean over 4 in-plane mirrorings" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert cli_main(["evaluate", "--task", "esophagus", "--data", str(tiny["root"] / "data"), "--model", model,
+                     "--out", str(tmp_path / "eval_plain"), "--device", "cpu", "--no-tta"]) == 0
+    assert "stage classification: none" in (tmp_path / "eval_plain" / "metrics.md").read_text()
     for name in ("metrics.md", "roc.png", "bland_altman.png"):
         assert (tmp_path / "eval" / name).exists()
 
