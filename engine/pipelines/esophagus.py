@@ -556,7 +556,8 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         log.info("Transferred %d encoder tensors from the segmentation encoder to the classifier.", copied)
     for p in net.segmentation.parameters():
         p.requires_grad_(False)
-    cls_task = ClassificationTask(stage_focal_loss(plan.stage_loss_weights), _classify_batch, len(stage_names))
+    cls_task = ClassificationTask(stage_focal_loss(plan.stage_loss_weights), _classify_batch, len(stage_names),
+                                  mirror_axes=CLASSIFIER_MIRROR_AXES)
     cls_train = StageCrops(train_cases, train_boxes, whole, train=True, jitter=options.krt_jitter)
     cls_val = StageCrops(val_cases, val_boxes, whole, train=False, jitter=0) if val_cases else None
     cfg = _trainer_config(options, work / "classifier", options.classifier_epochs,

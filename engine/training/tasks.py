@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.inference.tta import mirrored_class_probabilities
 from engine.training.trainer import StepOutput, move_to_device
 
 
@@ -58,13 +59,19 @@ class SegmentationTask:
 
 class ClassificationTask:
     """Cross-entropy-family loss on ``forward(model, batch) -> logits``; validation macro AUC and
-    accuracy over all validation cases (gathered, not averaged per batch)."""
+    accuracy over all validation cases (gathered, not averaged per batch).
+
+    ``mirror_axes``: validate on the softmax averaged over these mirrorings of every image tensor in
+    the batch, as the predictor infers, so the validation AUC (and a best-epoch choice) is the one
+    inference will see; the validation loss stays on the batch as it is.
+    """
 
     def __init__(self, loss: nn.Module, forward: Callable[[nn.Module, dict[str, Any]], torch.Tensor],
-                 num_classes: int):
+                 num_classes: int, mirror_axes: Sequence[int] = ()):
         self.loss = loss
         self.forward = forward
         self.num_classes = num_classes
+        self.mirror_axes = tuple(mirror_axes)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> StepOutput:
         batch = move_to_device(batch, device)
@@ -77,7 +84,13 @@ class ClassificationTask:
         batch = move_to_device(batch, device)
         logits = self.forward(model, batch).float()
         target = batch["target"].view(-1, 1).long()
-        return {"loss": float(self.loss(logits, target)), "probs": torch.softmax(logits, 1).cpu().numpy().tolist(),
+        probs = torch.softmax(logits, 1)
+        if self.mirror_axes:
+            images = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5]
+            probs = mirrored_class_probabilities(
+                lambda *xs: self.forward(model, {**batch, **dict(zip(images, xs))}),
+                [batch[k] for k in images], self.mirror_axes)
+        return {"loss": float(self.loss(logits, target)), "probs": probs.cpu().numpy().tolist(),
                 "target": target[:, 0].cpu().numpy().tolist()}
 
     def validation_epoch_end(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
