@@ -254,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             summary = pipeline.run_batch(source, args.out, args.model, device=args.device,
                                          gradcam=not args.no_gradcam, overwrite=args.overwrite,
-                                         tta=not args.no_tta,
+                                         tta=args.tta,
                                          progress=lambda done, total, name: update(done, total))
         finally:
             close()
@@ -263,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = pipeline.segment_and_stage(source, args.out, args.model, device=args.device,
                                         gradcam=not args.no_gradcam, overwrite=args.overwrite,
                                         progress=_step_progress(args.progress), series_uid=args.series_uid,
-                                        tta=not args.no_tta)
+                                        tta=args.tta)
     print(format_staging_result(result.report, result.out_dir))
     return 0
 
@@ -284,7 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     update, close = _tqdm_progress("evaluating")
     try:
         files = pipeline.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
-                                  progress=update, tta=not args.no_tta)
+                                  progress=update, tta=args.tta)
     finally:
         close()
     md = files.get("metrics.md")
@@ -296,8 +296,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------------
 
-NO_TTA_HELP = ("stage probabilities from the crop as it is, without averaging over the classifier's "
-               "in-plane mirrorings (the default averages 4)")
+TTA_CHOICES = ("all", "stage", "none")  # engine.pipelines.esophagus.TTA_MODES, without importing torch here
+TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (4 passes, about 4x "
+            "the segmentation time) and the stage probabilities over the classifier's 4 in-plane mirrorings; "
+            "'stage' only the latter (fast); 'none' neither")
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.synth import PRESETS, TASKS
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat map")
-    s.add_argument("--no-tta", action="store_true", help=NO_TTA_HELP)
+    s.add_argument("--tta", choices=TTA_CHOICES, default="all", help=TTA_HELP)
     s.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     s.add_argument("--progress", choices=("log", "json"), default="log")
     s.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
@@ -417,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--out", required=True)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    s.add_argument("--no-tta", action="store_true", help=NO_TTA_HELP)
+    s.add_argument("--tta", choices=TTA_CHOICES, default="all", help=TTA_HELP)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 

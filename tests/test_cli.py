@@ -31,6 +31,16 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def test_tta_choices_are_the_pipelines_modes_with_all_as_default():
+    from engine.cli import TTA_CHOICES
+    from engine.pipelines.esophagus import TTA_MODES
+
+    assert TTA_CHOICES == TTA_MODES
+    run = build_parser().parse_args(["run", "--task", "esophagus", "--input", "ct.nii.gz", "--out", "o"])
+    evaluate = build_parser().parse_args(["evaluate", "--task", "esophagus", "--data", "d", "--out", "o"])
+    assert run.tta == evaluate.tta == "all"
+
+
 def test_validate_exit_codes_and_json(blob_dataset, capsys):
     assert main(["validate", str(blob_dataset), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -29,6 +29,7 @@ TASK = "esophagus"
 MODULE_NAME = "EsophagusStaging"
 STAGES = ("T1", "T2", "T3", "T4")
 DEVICES = ("auto", "cpu", "cuda")
+TTA_CHOICES = ("all", "stage", "none")  # engine run --tta
 
 
 class StagingInputError(ValueError):
@@ -44,6 +45,8 @@ class StagingOptions:
     gradcam: bool = True
     gradcam_opacity: float = results.DEFAULT_GRADCAM_OPACITY
     show_3d: bool = True
+    #: Test-time mirroring (``run --tta``): "all" (segmentation and stage), "stage" (fast) or "none".
+    tta: str = "all"
     #: Keep the engine's files (report.json, overview.png, ...) here; None: a temporary folder, removed.
     output_dir: str | Path | None = None
 
@@ -310,6 +313,9 @@ class EsophagusStagingLogic(ScriptedLoadableModuleLogic):
         self.check_volume(volume)
         if options.device not in DEVICES:
             raise StagingInputError(f"Device must be one of {', '.join(DEVICES)}, not '{options.device}'.")
+        if options.tta not in TTA_CHOICES:
+            raise StagingInputError(f"Test-time augmentation must be one of {', '.join(TTA_CHOICES)}, "
+                                    f"not '{options.tta}'.")
         bundle = self.resolve_model(options.model)
         work_dir = Path(tempfile.mkdtemp(prefix="oncostaging-"))
         try:
@@ -317,7 +323,8 @@ class EsophagusStagingLogic(ScriptedLoadableModuleLogic):
             results.write_volume_file(volume, source)
             run_dir = Path(options.output_dir) if options.output_dir else work_dir / "run"
             args = ["run", "--task", TASK, "--input", str(source), "--out", str(run_dir),
-                    "--model", str(bundle.path), "--device", options.device, "--progress", "json"]
+                    "--model", str(bundle.path), "--device", options.device, "--tta", options.tta,
+                    "--progress", "json"]
             if not options.gradcam:
                 args.append("--no-gradcam")
             job = StagingJob(volume, options, EngineJob(args, launcher=self.launcher, python=self.python),

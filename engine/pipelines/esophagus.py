@@ -63,6 +63,11 @@ SINGLE_OBJECT = ("EC", "aorta", "esophagus", "pericardium")
 #: Spatial axes (z, y, x → 0, 1, 2) the stage classifier sees mirrored in training and averages over at
 #: inference: in-plane only, the cranio-caudal order carries anatomy (tumour above/below the carina).
 CLASSIFIER_MIRROR_AXES = (1, 2)
+#: The segmentation networks see every axis mirrored in training (nnU-Net's augmentation).
+SEGMENTATION_MIRROR_AXES = (0, 1, 2)
+#: Test-time augmentation levels: "all" mirrors the segmentation (each axis once: 4 passes per window)
+#: and the stage classifier (4 in-plane mirrorings); "stage" only the classifier; "none" neither.
+TTA_MODES = ("all", "stage", "none")
 
 
 def _code(scheme: str, code: str, meaning: str) -> dict[str, str]:
@@ -682,11 +687,18 @@ class _Timer:
         return _Step()
 
 
-def describe_tta(tta: bool) -> dict[str, str]:
+def check_tta(tta: str) -> str:
+    if tta not in TTA_MODES:
+        raise EngineError(f"Test-time augmentation must be one of {', '.join(TTA_MODES)}, not {tta!r}.")
+    return tta
+
+
+def describe_tta(tta: str) -> dict[str, str]:
     """What test-time augmentation a run used, for report.json and the evaluation header."""
-    n = 2 ** len(CLASSIFIER_MIRROR_AXES)
-    return {"stage_classification": f"mean over {n} in-plane mirrorings" if tta else "none",
-            "segmentation": "none"}
+    n_cls, n_seg = 2 ** len(CLASSIFIER_MIRROR_AXES), 1 + len(SEGMENTATION_MIRROR_AXES)
+    return {"stage_classification": f"mean over {n_cls} in-plane mirrorings" if tta != "none" else "none",
+            "segmentation": f"mean over the window and its {n_seg - 1} single-axis mirrorings" if tta == "all"
+            else "none"}
 
 
 INFERENCE_STEPS = ("preprocess", "segmentation_lowres", "segmentation_fullres", "postprocess", "krt",
@@ -735,9 +747,11 @@ class EsophagusPredictor:
         self.num_classes = len(self.plan.labels)
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, tta: bool = True) -> EsophagusPrediction:
-        """``tta``: average the stage probabilities over the in-plane mirrorings the classifier was
-        trained with (4 passes of a small crop; segmentation is not mirrored)."""
+                cancel: CancelFn | None = None, tta: str = "all") -> EsophagusPrediction:
+        """``tta`` (:data:`TTA_MODES`): "all" averages the segmentation over mirrored windows (4 passes per
+        window) and the stage probabilities over the classifier's in-plane mirrorings
+        (4 passes of a small crop); "stage" mirrors only the classifier; "none" neither."""
+        check_tta(tta)
         check_ct_intensities(image)
         plan, labels = self.plan, self.plan.labels
         timer = _Timer(progress, cancel, INFERENCE_STEPS)
@@ -746,8 +760,9 @@ class EsophagusPredictor:
         with timer.step("preprocess"):
             low = Preprocessor(plan, cfg_low)(image)
             full = Preprocessor(plan, cfg_full)(image)
-        window_low = SlidingWindowPredictor(cfg_low.patch_size, self.device)
-        window_full = SlidingWindowPredictor(cfg_full.patch_size, self.device)
+        seg_mirror = SEGMENTATION_MIRROR_AXES if tta == "all" else ()
+        window_low = SlidingWindowPredictor(cfg_low.patch_size, self.device, mirror_axes=seg_mirror)
+        window_full = SlidingWindowPredictor(cfg_full.patch_size, self.device, mirror_axes=seg_mirror)
         with timer.step("segmentation_lowres"):
             low_probs = window_low(self.low_net, low.image, cancel)
             prior = lowres_to_fullres(low_probs, low.record, full.record, self.num_classes)
@@ -773,7 +788,8 @@ class EsophagusPredictor:
         with timer.step("classification"):
             with torch.no_grad():
                 inputs = (crop[:, :1].to(device), crop.to(device))
-                probs = mirrored_class_probabilities(self.net.classify, inputs, CLASSIFIER_MIRROR_AXES if tta else ())
+                axes = CLASSIFIER_MIRROR_AXES if tta != "none" else ()
+                probs = mirrored_class_probabilities(self.net.classify, inputs, axes)
             p = probs[0].cpu().numpy().astype(np.float64)
             p = p / p.sum()
         cam_image = None
@@ -874,7 +890,7 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
                       model: str | Path | ModelBundle | EsophagusPredictor | None = None, device: str = "auto",
                       gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
                       cancel: CancelFn | None = None, series_uid: str | None = None,
-                      tta: bool = True) -> StagingResult:
+                      tta: str = "all") -> StagingResult:
     """Segment & Stage one CT and write ``segmentation.nii.gz``, ``segmentation.seg.nrrd``,
     ``gradcam.nii.gz``, ``report.json`` and ``overview.png`` into ``out_dir``, all or nothing.
 
@@ -887,6 +903,7 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
     from engine.reporting.overview import render_overview
 
     t0 = time.perf_counter()
+    check_tta(tta)
     out = outputs.check_output_dir(out_dir, overwrite)
     if isinstance(input_path, Image):
         image, source = input_path, "<in-memory image>"
@@ -930,11 +947,12 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
 def run_batch(source: str | Path, out_dir: str | Path, model: str | Path | ModelBundle | None = None,
               device: str = "auto", gradcam: bool = True, overwrite: bool = False,
               progress: Callable[[int, int, str], None] | None = None,
-              cancel: CancelFn | None = None, tta: bool = True) -> Path:
+              cancel: CancelFn | None = None, tta: str = "all") -> Path:
     """Segment & Stage every input of a folder or CSV list into ``out_dir/<case>/`` and write one
     ``summary.csv`` (a failed case is a row with its error; the batch goes on)."""
     from engine.pipelines import outputs
 
+    check_tta(tta)
     inputs = outputs.list_inputs(source)
     out = Path(out_dir).expanduser()
     summary = out / outputs.SUMMARY_FILE
@@ -976,10 +994,11 @@ def run_batch(source: str | Path, out_dir: str | Path, model: str | Path | Model
 def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | ModelBundle | None = None,
              device: str = "auto", cases: Sequence[str] | None = None, overwrite: bool = False,
              progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None,
-             tta: bool = True) -> dict[str, Path]:
+             tta: str = "all") -> dict[str, Path]:
     """Run the model on every labelled case of ``dataset`` and write the paper's tables and plots."""
     from engine.evaluation import evaluate_case, summarize, write_report
 
+    check_tta(tta)
     ds = RawDataset.load(dataset)
     predictor = EsophagusPredictor(load_model(model), device)
     selected = [c for c in ds.training if cases is None or c.case_id in set(cases)]

@@ -105,11 +105,11 @@ def test_stage_probabilities_average_the_in_plane_mirrorings_of_the_crop(tiny, m
         return classify(ct, seg_input)
 
     monkeypatch.setattr(predictor.net, "classify", recording)
-    plain = predictor.predict(image, gradcam=False, tta=False)
+    plain = predictor.predict(image, gradcam=False, tta="none")
     assert len(calls) == 1 and plain.test_time_augmentation["stage_classification"] == "none"
     ct, seg_input = calls[0]
     calls.clear()
-    mirrored = predictor.predict(image, gradcam=False, tta=True)
+    mirrored = predictor.predict(image, gradcam=False, tta="stage")
     assert len(calls) == 4 and "4 in-plane mirrorings" in mirrored.test_time_augmentation["stage_classification"]
     assert torch.equal(calls[0][0], ct)
     assert torch.equal(calls[3][0], torch.flip(ct, (3, 4))) and torch.equal(calls[3][1], torch.flip(seg_input, (3, 4)))
@@ -117,6 +117,28 @@ def test_stage_probabilities_average_the_in_plane_mirrorings_of_the_crop(tiny, m
         expected = np.mean([torch.softmax(classify(c, s), 1)[0].numpy() for c, s in calls], axis=0)
     np.testing.assert_allclose(list(mirrored.stage_probabilities.values()), expected / expected.sum(), atol=1e-6)
     np.testing.assert_array_equal(mirrored.labels.array, plain.labels.array)  # segmentation is not mirrored
+    assert mirrored.test_time_augmentation["segmentation"] == "none"
+
+
+def test_full_tta_mirrors_every_segmentation_window_along_each_axis(tiny, monkeypatch):
+    from engine.inference.sliding_window import SlidingWindowPredictor
+
+    axes_used = []
+
+    class Recording(SlidingWindowPredictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            axes_used.append(self.mirror_axes)
+
+    monkeypatch.setattr(eso, "SlidingWindowPredictor", Recording)
+    image = tiny["dataset"].training[1].load_image()
+    plain = tiny["predictor"].predict(image, gradcam=False, tta="none")
+    full = tiny["predictor"].predict(image, gradcam=False, tta="all")
+    assert axes_used == [(), (), (0, 1, 2), (0, 1, 2)]             # low-res and full-res windows
+    assert full.labels.shape == plain.labels.shape and "3 single-axis" in full.test_time_augmentation["segmentation"]
+    assert abs(sum(full.stage_probabilities.values()) - 1) < 1e-6
+    with pytest.raises(EngineError, match="one of all, stage, none"):
+        tiny["predictor"].predict(image, tta="mirror")
 
 
 def test_krt_crop_is_centred_on_the_tumour_and_pads_outside():
@@ -430,7 +452,7 @@ def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
     assert metrics
     assert "mean over 4 in-plane mirrorings" in (tmp_path / "eval" / "metrics.md").read_text()
     assert cli_main(["evaluate", "--task", "esophagus", "--data", str(tiny["root"] / "data"), "--model", model,
-                     "--out", str(tmp_path / "eval_plain"), "--device", "cpu", "--no-tta"]) == 0
+                     "--out", str(tmp_path / "eval_plain"), "--device", "cpu", "--tta", "none"]) == 0
     assert "stage classification: none" in (tmp_path / "eval_plain" / "metrics.md").read_text()
     for name in ("metrics.md", "roc.png", "bland_altman.png"):
         assert (tmp_path / "eval" / name).exists()

@@ -314,6 +314,21 @@ def test_a_model_of_another_task_is_refused_before_running(headless, ct, logic, 
     assert logic.launcher.commands == []
 
 
+def test_test_time_augmentation_is_checked_then_passed_to_the_engine(headless, ct, logic, trained):
+    from EsophagusStagingLib.logic import TTA_CHOICES
+    from engine.pipelines.esophagus import TTA_MODES
+
+    assert TTA_CHOICES == TTA_MODES
+    before = headless.snapshot()
+    with pytest.raises(StagingInputError, match="one of all, stage, none"):
+        logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", tta="mirror"))
+    assert headless.snapshot() == before and logic.launcher.commands == []
+    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", tta="stage"))
+    args = logic.launcher.commands[-1]
+    assert args[args.index("--tta") + 1] == "stage"
+    assert outcome.report["test_time_augmentation"]["segmentation"] == "none"
+
+
 def test_no_installed_model_says_how_to_get_one(headless, ct, logic):
     with pytest.raises(StagingInputError, match="Import a model bundle"):
         logic.process(ct, StagingOptions(model=None, device="cpu"))
