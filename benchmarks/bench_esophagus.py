@@ -378,9 +378,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def ours_once(i: int) -> dict[str, Any]:
                 out = outputs_root / f"ours_{i}"
                 if args.from_file:
-                    result = eso.segment_and_stage(image_path, out, bundle, device=str(device), gradcam=True)
+                    result = eso.segment_and_stage(image_path, out, bundle, device=str(device), gradcam=True,
+                                                   tta=args.tta)
                 else:
-                    result = eso.segment_and_stage(image, out, predictor, device=str(device), gradcam=True)
+                    result = eso.segment_and_stage(image, out, predictor, device=str(device), gradcam=True,
+                                                   tta=args.tta)
                 files = sorted(p.name for p in result.files.values())
                 shutil.rmtree(out, ignore_errors=True)  # not counted: the writes have finished
                 return {"report": result.report, "files": files}
@@ -470,7 +472,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "lowres_spacing": cfg_low.spacing, "lowres_patch": cfg_low.patch_size,
                          "fullres_spacing": cfg_full.spacing, "fullres_patch": cfg_full.patch_size,
                          "krt_box": plan.krt_box_size, "sw_batch_size": OURS_SW_BATCH, "overlap": OVERLAP,
-                         "blend": "gaussian", "tta": False, "warnings": median_ours["report"]["warnings"]},
+                         "blend": "gaussian", "tta": median_ours["report"]["test_time_augmentation"],
+                         "warnings": median_ours["report"]["warnings"]},
                 "baseline": {**base_cfg, "sw_batch_size": sw_batch, "overlap": OVERLAP, "blend": "gaussian",
                              "tta": False, "spacing": cfg_full.spacing,
                              "normalization": asdict(plan.normalization)},
@@ -514,6 +517,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from-file", action="store_true",
                    help="time segment_and_stage(path, ..., bundle) including reading the NIfTI and loading "
                         "the bundle, instead of the in-memory image with a loaded model")
+    p.add_argument("--tta", choices=("all", "stage", "none"), default="stage",
+                   help="ours' test-time augmentation (run --tta); 'stage' leaves the segmentation unmirrored, "
+                        "like the baseline, and mirrors only the small stage-classifier crop; 'all' is run's "
+                        "default")
     p.add_argument("--tiny", action="store_true",
                    help="smoke mode for tests: small phantom planned at a coarse spacing, 4→8-channel "
                         "networks, 4-level DynUNet with 32³ patches")

@@ -60,3 +60,4 @@ def test_tiny_benchmark_prints_one_consistent_json_line():
     assert set(cfg["spans"]) == {"ours", "baseline"}
     assert cfg["baseline"]["patch_size"] == [32, 32, 32] and cfg["baseline"]["tta"] is False
     assert cfg["ours"]["gradcam"] is True and cfg["autocast"].startswith("none")
+    assert cfg["ours"]["tta"]["segmentation"] == "none"   # default --tta stage: like the baseline
