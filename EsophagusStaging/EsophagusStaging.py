@@ -93,6 +93,7 @@ class EsophagusStagingParameterNode:
     modelPath: str = ""
     device: str = "auto"
     gradcam: bool = True
+    mirrorSegmentation: bool = True
     gradcamOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     trainingEpochs: Annotated[int, WithinRange(1, 10000)] = 50
     trainingModelName: str = "my-esophagus-model"
@@ -281,7 +282,8 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         options = StagingOptions(model=self._parameterNode.modelPath or None,
                                  device=self.ui.deviceComboBox.currentData, gradcam=self.ui.gradcamCheckBox.checked,
-                                 gradcam_opacity=self.ui.gradcamOpacitySlider.value)
+                                 gradcam_opacity=self.ui.gradcamOpacitySlider.value,
+                                 tta="all" if self.ui.mirrorSegmentationCheckBox.checked else "stage")
         try:
             self._job = self.logic.start(self.ui.inputVolumeSelector.currentNode(), options,
                                          on_progress=self.onProgress)
