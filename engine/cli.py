@@ -297,9 +297,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------------
 
 TTA_CHOICES = ("all", "stage", "none")  # engine.pipelines.esophagus.TTA_MODES, without importing torch here
-TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (4 passes, about 4x "
-            "the segmentation time) and the stage probabilities over the classifier's 4 in-plane mirrorings; "
-            "'stage' only the latter (fast); 'none' neither")
+TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (4 passes, "
+            "about 4x the segmentation time) and the stage probabilities over the classifier's 4 in-plane "
+            "mirrorings; 'stage' only the latter (fast); 'none' neither")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.synth import PRESETS, TASKS
