@@ -687,10 +687,9 @@ class _Timer:
         return _Step()
 
 
-def check_tta(tta: str) -> str:
+def check_tta(tta: str) -> None:
     if tta not in TTA_MODES:
         raise EngineError(f"Test-time augmentation must be one of {', '.join(TTA_MODES)}, not {tta!r}.")
-    return tta
 
 
 def describe_tta(tta: str) -> dict[str, str]:

@@ -312,6 +312,23 @@ def test_classifier_only_training_reuses_the_segmentation_networks(tiny, tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+def test_classifier_validation_mirrors_the_crop_as_inference_does(tiny, tmp_path, monkeypatch):
+    from engine.training.tasks import ClassificationTask
+
+    tasks = []
+
+    class Recording(ClassificationTask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            tasks.append(self)
+
+    monkeypatch.setattr(eso, "ClassificationTask", Recording)
+    options = eso.TrainOptions(**{**TINY, "segmentation_from": str(tiny["bundle"].path), "lowres_epochs": 0,
+                                  "fullres_epochs": 0})
+    eso.train(tiny["root"] / "data", tmp_path / "model", options)
+    assert [t.mirror_axes for t in tasks] == [eso.CLASSIFIER_MIRROR_AXES]
+
+
 def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, capsys):
     source = tiny["bundle"]
     assert cli_main(["train", "--task", "esophagus", "--data", str(tiny["root"] / "data"),
