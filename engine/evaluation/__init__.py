@@ -7,6 +7,7 @@ from engine.evaluation.report import (
     CaseEvaluation,
     EvaluationReport,
     MetricSummary,
+    StageStratum,
     StructureSummary,
     VolumeAgreement,
     evaluate_case,
@@ -17,5 +18,6 @@ from engine.evaluation.report import (
 
 __all__ = [
     "REPORT_FILES", "MIN_CASES_VOLUME_AGREEMENT", "CaseEvaluation", "MetricSummary", "StructureSummary",
-    "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report", "render_markdown",
+    "StageStratum", "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report",
+    "render_markdown",
 ]

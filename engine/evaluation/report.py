@@ -15,6 +15,11 @@ What is reported:
   Clopper–Pearson CI, per-stage and macro precision, sensitivity, specificity, NPV, F1, one-vs-rest AUC
   with DeLong CI and the macro AUC with CI. Cases missing either the reference stage or the probabilities
   are left out of this section (a note says how many).
+- **Segmentation by reference stage** (when cases carry a reference stage): the per-structure summary
+  again within each stage. Tumour segmentation quality depends strongly on the stage (a thin T1 tumour
+  in the inner wall vs a bulky T3/T4 mass), so one mean over a stage mix hides where a model fails and
+  makes test sets with different mixes incomparable; the mean predicted and reference volumes per stage
+  show whether a stage is over- or under-segmented.
 - **Volume agreement**, per structure: Pearson r (p-value, Fisher-z CI) and Bland–Altman bias and 95 %
   limits of predicted − reference volume (cm³). Needs ≥ 3 cases; otherwise it is skipped with a note.
 
@@ -51,7 +56,8 @@ from engine.metrics._common import JsonResult, json_value
 
 __all__ = [
     "REPORT_FILES", "MIN_CASES_VOLUME_AGREEMENT", "CaseEvaluation", "MetricSummary", "StructureSummary",
-    "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report", "render_markdown",
+    "StageStratum", "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report",
+    "render_markdown",
 ]
 
 #: Files :func:`write_report` may write, by key of its returned dict.
@@ -156,6 +162,16 @@ class StructureSummary(JsonResult):
 
 
 @dataclass
+class StageStratum(JsonResult):
+    """Segmentation quality over the cases of one reference stage."""
+
+    stage: str
+    n_cases: int
+    case_ids: list[str]
+    structures: list[StructureSummary]
+
+
+@dataclass
 class VolumeAgreement(JsonResult):
     """Predicted vs reference volume of one structure: Pearson correlation and Bland–Altman
     (differences are predicted − reference, cm³). Both None, with ``note``, when not computable."""
@@ -179,10 +195,12 @@ class EvaluationReport(JsonResult):
     stage_names: list[str] | None
     cases: list[CaseEvaluation]
     notes: list[str] = field(default_factory=list)
+    segmentation_by_stage: list[StageStratum] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = json_value({k: getattr(self, k) for k in ("metadata", "n_cases", "structures",
-                                                      "volume_agreement", "classification", "stage_names")})
+                                                      "segmentation_by_stage", "volume_agreement",
+                                                      "classification", "stage_names")})
         d["cases"] = [c.to_dict() for c in self.cases]
         d["notes"] = list(self.notes)
         return d
@@ -193,6 +211,13 @@ class EvaluationReport(JsonResult):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def stratum(self, stage: str) -> StageStratum:
+        """The segmentation summary of the cases of reference stage ``stage`` (KeyError if none)."""
+        for st in self.segmentation_by_stage:
+            if st.stage == stage:
+                return st
+        raise KeyError(stage)
 
     def agreement(self, name: str) -> VolumeAgreement:
         """The volume agreement of structure ``name`` (KeyError if absent)."""
@@ -304,6 +329,35 @@ def _stage_section(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] |
     return report, names
 
 
+def _structure_summary(name: str, rows: Sequence[StructureScores]) -> StructureSummary:
+    return StructureSummary(
+        name=name, label=rows[0].label, n_cases=len(rows),
+        **{m: _summary([getattr(r, m) for r in rows]) for m in _SEG_METRICS},
+        pred_volume_cm3=_summary([r.pred_volume_cm3 for r in rows]),
+        ref_volume_cm3=_summary([r.ref_volume_cm3 for r in rows]),
+    )
+
+
+def _segmentation_by_stage(cases: Sequence[CaseEvaluation], names: Sequence[str],
+                           stage_names: Sequence[str] | None, notes: list[str]) -> list[StageStratum]:
+    """Per reference stage (in ``stage_names`` order, then any others in order of appearance)."""
+    staged = [c for c in cases if c.stage_true is not None]
+    if not staged:
+        return []
+    if len(staged) < len(cases):
+        notes.append(f"Segmentation by stage: {len(cases) - len(staged)} case(s) without a reference stage "
+                     "are left out of it.")
+    order = [s for s in (stage_names or []) if any(c.stage_true == s for c in staged)]
+    order += [s for s in dict.fromkeys(c.stage_true for c in staged) if s not in order]
+    strata = []
+    for stage in order:
+        group = [c for c in staged if c.stage_true == stage]
+        strata.append(StageStratum(stage=stage, n_cases=len(group), case_ids=[c.case_id for c in group],
+                                   structures=[_structure_summary(n, [c.structures[n] for c in group])
+                                               for n in names]))
+    return strata
+
+
 def _volume_agreement(name: str, pred: list[float], ref: list[float]) -> VolumeAgreement:
     n = len(pred)
     if n < MIN_CASES_VOLUME_AGREEMENT:
@@ -330,13 +384,7 @@ def summarize(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] | None
     agreement: list[VolumeAgreement] = []
     for name in names:
         rows = [c.structures[name] for c in cases]
-        summary = StructureSummary(
-            name=name, label=rows[0].label, n_cases=len(rows),
-            **{m: _summary([getattr(r, m) for r in rows]) for m in _SEG_METRICS},
-            pred_volume_cm3=_summary([r.pred_volume_cm3 for r in rows]),
-            ref_volume_cm3=_summary([r.ref_volume_cm3 for r in rows]),
-        )
-        structures.append(summary)
+        structures.append(_structure_summary(name, rows))
         undefined = [c.case_id for c, r in zip(cases, rows) if not math.isfinite(r.hd95_mm)]
         if undefined:
             notes.append(f"'{name}': HD95/ASSD undefined (exactly one mask empty) in {len(undefined)} of "
@@ -348,11 +396,12 @@ def summarize(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] | None
     classification, stages = _stage_section(cases, stage_names, notes)
     if classification is not None:
         notes.extend(f"Stage classification: {n}" for n in classification.notes)
+    by_stage = _segmentation_by_stage(cases, names, stages, notes)
     meta = dict(metadata or {})
     meta["n_cases"] = len(cases)
     return EvaluationReport(metadata=meta, n_cases=len(cases), structures=structures,
                             volume_agreement=agreement, classification=classification, stage_names=stages,
-                            cases=list(cases), notes=notes)
+                            cases=list(cases), notes=notes, segmentation_by_stage=by_stage)
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -419,6 +468,20 @@ def render_markdown(report: EvaluationReport) -> str:
                   [[s.name] + [f"{_fmt(m.median, d)} ({_fmt(m.min, d)}–{_fmt(m.max, d)})"
                                for m, d in ((s.dice, 3), (s.iou, 3), (s.hd95_mm, 2), (s.assd_mm, 2))]
                    for s in report.structures]) + [""]
+
+    strata = report.segmentation_by_stage
+    if strata:
+        structure_names = [s.name for s in report.structures]
+        out += ["## Segmentation by reference stage", "",
+                "Dice, mean ± SD over the cases of each reference stage:", ""]
+        out += _table(["Stage", "n"] + structure_names,
+                      [[st.stage, st.n_cases] + [_mean_sd(s.dice, 3) for s in st.structures]
+                       for st in strata]) + [""]
+        out += ["Mean predicted / reference volume (cm³):", ""]
+        out += _table(["Stage", "n"] + structure_names,
+                      [[st.stage, st.n_cases]
+                       + [f"{_fmt(s.pred_volume_cm3.mean, 2)} / {_fmt(s.ref_volume_cm3.mean, 2)}"
+                          for s in st.structures] for st in strata]) + [""]
 
     cls = report.classification
     if cls is not None:

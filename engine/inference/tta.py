@@ -19,18 +19,23 @@ def mirror_subsets(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def mirrored_class_probabilities(forward: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None],
-                                 spatial_axes: Sequence[int] = ()) -> torch.Tensor:
+                                 spatial_axes: Sequence[int] = (),
+                                 plain_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of ``forward(*inputs)`` (N×K logits) averaged over every mirroring of ``spatial_axes``.
 
     ``inputs`` are (N, C, z, y, x) tensors, all mirrored alike (None passes through); spatial axis 0
-    is z. With no axes this is the plain softmax.
+    is z. With no axes this is the plain softmax. ``plain_logits``: ``forward(*inputs)`` when the caller
+    already has it (e.g. for a loss), so the unmirrored pass is not run twice.
     """
     subsets = mirror_subsets(spatial_axes)
     total: torch.Tensor | None = None
     for subset in subsets:
         dims = tuple(a + 2 for a in subset)
-        args = [x if x is None or not dims else torch.flip(x, dims) for x in inputs]
-        probs = torch.softmax(forward(*args).float(), dim=1)
+        if not dims and plain_logits is not None:
+            logits = plain_logits
+        else:
+            logits = forward(*[x if x is None or not dims else torch.flip(x, dims) for x in inputs])
+        probs = torch.softmax(logits.float(), dim=1)
         total = probs if total is None else total + probs
     assert total is not None
     return total / len(subsets)

@@ -89,7 +89,7 @@ class ClassificationTask:
             images = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5]
             probs = mirrored_class_probabilities(
                 lambda *xs: self.forward(model, {**batch, **dict(zip(images, xs))}),
-                [batch[k] for k in images], self.mirror_axes)
+                [batch[k] for k in images], self.mirror_axes, plain_logits=logits)
         return {"loss": float(self.loss(logits, target)), "probs": probs.cpu().numpy().tolist(),
                 "target": target[:, 0].cpu().numpy().tolist()}
 

@@ -123,6 +123,37 @@ def test_segmentation_summary_matches_hand_means(report, cases_and_maps):
     assert any("undefined" in n and "c5" in n for n in report.notes)
 
 
+def test_segmentation_by_stage_matches_hand_means(report, cases_and_maps):
+    _, maps = cases_and_maps
+    assert [st.stage for st in report.segmentation_by_stage] == STAGES
+    for stage in STAGES:
+        ids = [spec[0] for spec in CASE_SPECS if spec[4] == stage]
+        st = report.stratum(stage)
+        assert st.case_ids == ids and st.n_cases == len(ids) == 2
+        for name, value in LABELS.items():
+            s = next(x for x in st.structures if x.name == name)
+            hand = [_hand_dice(maps[i][0] == value, maps[i][1] == value) for i in ids]
+            assert s.n_cases == 2 and s.dice.mean == pytest.approx(np.mean(hand), rel=1e-6)
+            assert s.dice.std == pytest.approx(np.std(hand, ddof=1), rel=1e-5)
+            voxels = [int((maps[i][0] == value).sum()) for i in ids]
+            assert s.pred_volume_cm3.mean == pytest.approx(np.mean(voxels) * VOXEL_CM3)
+    # T3 holds the case with no predicted tumour: its HD95 is over the one other case.
+    t3 = next(x for x in report.stratum("T3").structures if x.name == "tumour")
+    assert t3.hd95_mm.n == 1 and t3.hd95_mm.n_undefined == 1
+    with pytest.raises(KeyError):
+        report.stratum("T4")
+
+
+def test_segmentation_by_stage_orders_unknown_stages_after_known_and_notes_unstaged(cases_and_maps):
+    cases, maps = cases_and_maps
+    extra = [evaluate_case("c7", *maps["c0"], SPACING, LABELS, stage_true="T0"),
+             evaluate_case("c8", *maps["c1"], SPACING, LABELS)]
+    rep = summarize([extra[0], *cases, extra[1]], STAGES, {})
+    assert [st.stage for st in rep.segmentation_by_stage] == STAGES + ["T0"]
+    assert sum(st.n_cases for st in rep.segmentation_by_stage) == 7
+    assert any("Segmentation by stage: 1 case(s) without a reference stage" in n for n in rep.notes)
+
+
 def test_stage_classification_matches_sklearn(report):
     cls = report.classification
     assert cls is not None and cls.class_names == STAGES and cls.n == 6
@@ -178,6 +209,10 @@ def test_metrics_json_round_trips_with_null_for_nan(written, report):
     assert data["classification"]["macro"]["auc"] == pytest.approx(report.classification.macro.auc)
     eso = next(v for v in data["volume_agreement"] if v["name"] == "esophagus")
     assert eso["pearson"]["r"] is None
+    t3 = data["segmentation_by_stage"][2]
+    assert t3["stage"] == "T3" and t3["case_ids"] == ["c4", "c5"]
+    assert t3["structures"][0]["hd95_mm"]["n_undefined"] == 1
+    assert t3["structures"][0]["dice"]["mean"] == pytest.approx(report.stratum("T3").structures[0].dice.mean)
     assert not list(out.glob(".*.tmp"))
 
 
@@ -191,6 +226,10 @@ def test_metrics_md_tables(written):
     assert "| T1 | 2 |" in md and "Accuracy: 0.667" in md
     assert "| T1 | 1 | 1 | 0 |" in md and "| T3 | 0 | 0 | 2 |" in md  # confusion matrix rows
     assert "r (p)" in md and "95 % limits (cm³)" in md
+    assert "## Segmentation by reference stage" in md
+    # c0 (tumour Dice 1) and c1 (24/36); the esophagus 1 and 2·27/(36+27)
+    assert f"| T1 | 2 | {np.mean([1, 24 / 36]):.3f} ± {np.std([1, 24 / 36], ddof=1):.3f} |" in md
+    assert "| T1 | 2 | 0.03 / 0.03 |" in md  # mean predicted / reference tumour volume: 13 voxels of 2 mm³
     assert "nan" not in md.lower().replace("n/a", "")
 
 
@@ -239,6 +278,7 @@ def test_report_without_stages_omits_stage_section(cases_and_maps, report, tmp_p
     assert "Stage classification" not in md and "Macro" not in md and "Confusion" not in md
     assert "## Segmentation" in md and "## Volume agreement" in md
     assert json.loads(paths["json"].read_text())["classification"] is None
+    assert rep.segmentation_by_stage == [] and "by reference stage" not in md
 
 
 def test_too_few_cases_skip_volume_agreement(cases_and_maps, tmp_path):

@@ -53,3 +53,23 @@ def test_every_input_is_mirrored_alike_and_none_passes_through():
     assert torch.allclose(p, torch.full((2, 3), 1 / 3))
     assert len(seen) == 4 and torch.equal(seen[0], x) and torch.equal(seen[3], torch.flip(x, (3, 4)))
     assert not any(torch.equal(s, torch.flip(x, (2,))) for s in seen)   # z (cranio-caudal) never mirrored
+
+
+def test_given_plain_logits_replace_the_unmirrored_pass():
+    a, b, c, d = 2.0, -1.0, 0.5, 3.0
+    image = torch.tensor([[a, c], [d, b]]).reshape(1, 1, 1, 2, 2)
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        top_left = x[:, 0, 0, 0, 0]
+        return torch.stack([top_left, torch.zeros_like(top_left)], dim=1)
+
+    plain = forward(image)
+    calls.clear()
+    p = mirrored_class_probabilities(forward, (image,), (1, 2), plain_logits=plain)
+    assert len(calls) == 3 and not any(torch.equal(x, image) for x in calls)
+    assert float(p[0, 0]) == pytest.approx(sum(_sigmoid(v) for v in (a, b, c, d)) / 4)
+    # the given logits are what the unmirrored term uses (here deliberately not forward(image))
+    p = mirrored_class_probabilities(forward, (image,), (1, 2), plain_logits=torch.tensor([[0.0, 0.0]]))
+    assert float(p[0, 0]) == pytest.approx((0.5 + sum(_sigmoid(v) for v in (b, c, d))) / 4)

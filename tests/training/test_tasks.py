@@ -58,3 +58,15 @@ def test_mirrored_validation_averages_the_four_in_plane_mirrorings_and_keeps_the
     assert mirrored["loss"] == pytest.approx(plain["loss"])
     metrics = _task((1, 2)).validation_epoch_end([mirrored])
     assert metrics["accuracy"] == 1.0 and metrics["auc"] == 1.0
+
+
+def test_mirrored_validation_runs_each_mirroring_once():
+    class Counting(TopLeftScorer):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Counting.calls += 1
+            return super().forward(x)
+
+    _task((1, 2)).validation_step(Counting(), _batch(), torch.device("cpu"))
+    assert Counting.calls == 4  # the loss's forward is the unmirrored term
