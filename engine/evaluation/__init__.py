@@ -11,6 +11,7 @@ from engine.evaluation.report import (
     StructureSummary,
     VolumeAgreement,
     evaluate_case,
+    read_cases,
     render_markdown,
     summarize,
     write_report,
@@ -19,5 +20,5 @@ from engine.evaluation.report import (
 __all__ = [
     "REPORT_FILES", "MIN_CASES_VOLUME_AGREEMENT", "CaseEvaluation", "MetricSummary", "StructureSummary",
     "StageStratum", "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report",
-    "render_markdown",
+    "render_markdown", "read_cases",
 ]

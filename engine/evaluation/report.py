@@ -57,7 +57,7 @@ from engine.metrics._common import JsonResult, json_value
 __all__ = [
     "REPORT_FILES", "MIN_CASES_VOLUME_AGREEMENT", "CaseEvaluation", "MetricSummary", "StructureSummary",
     "StageStratum", "VolumeAgreement", "EvaluationReport", "evaluate_case", "summarize", "write_report",
-    "render_markdown",
+    "render_markdown", "read_cases",
 ]
 
 #: Files :func:`write_report` may write, by key of its returned dict.
@@ -103,6 +103,21 @@ class CaseEvaluation(JsonResult):
         d = json_value(self)
         d["stage_predicted"] = self.stage_predicted
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CaseEvaluation":
+        """The inverse of :meth:`to_dict` (JSON ``null`` distances back to NaN), so saved evaluations
+        can be summarised again, e.g. several test sets pooled."""
+        nan = lambda v: math.nan if v is None else float(v)  # noqa: E731
+        structures = {name: StructureScores(name=s["name"], label=int(s["label"]),
+                                            **{k: nan(s[k]) for k in (*_SEG_METRICS, "pred_volume_cm3",
+                                                                      "ref_volume_cm3")})
+                      for name, s in d["structures"].items()}
+        probs = d.get("stage_probabilities")
+        if probs is not None:
+            probs = {str(k): float(v) for k, v in probs.items()}
+        return cls(case_id=str(d["case_id"]), structures=structures, stage_true=d.get("stage_true"),
+                   stage_probabilities=probs)
 
 
 def evaluate_case(
@@ -615,6 +630,18 @@ def render_bland_altman_png(report: EvaluationReport) -> bytes | None:
 
 
 # --- writing -------------------------------------------------------------------------------------
+
+def read_cases(metrics_json: str | os.PathLike[str]) -> tuple[list[CaseEvaluation], list[str] | None]:
+    """The evaluated cases and stage names of a ``metrics.json`` written by :func:`write_report`."""
+    path = Path(metrics_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        cases = [CaseEvaluation.from_dict(c) for c in data["cases"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError(f"Cannot read evaluated cases from {path} ({exc}); give the metrics.json that "
+                          "'python -m engine evaluate' wrote.") from exc
+    return cases, data.get("stage_names")
+
 
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike[str],
                  overwrite: bool = False) -> dict[str, Path]:

@@ -17,6 +17,7 @@ from engine.evaluation import (
     CaseEvaluation,
     EvaluationReport,
     evaluate_case,
+    read_cases,
     summarize,
     write_report,
 )
@@ -317,3 +318,21 @@ def test_inconsistent_inputs_are_clear_errors(cases_and_maps):
     with pytest.raises(MetricInputError, match="No cases"):
         summarize([], None, {})
     assert isinstance(MetricInputError("x"), EngineError)
+
+
+def test_saved_cases_read_back_summarise_to_the_same_report(written, report):
+    _, paths = written
+    cases, stage_names = read_cases(paths["json"])
+    assert stage_names == STAGES and [c.case_id for c in cases] == [s[0] for s in CASE_SPECS]
+    assert math.isnan(cases[5].structures["tumour"].hd95_mm)          # JSON null back to NaN
+    again = summarize(cases, stage_names, report.metadata)
+    assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(report.to_dict(), sort_keys=True)
+
+
+def test_reading_cases_from_a_wrong_file_says_what_to_give(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text('{"n_cases": 3}')
+    with pytest.raises(EngineError, match="metrics.json that 'python -m engine evaluate' wrote"):
+        read_cases(bad)
+    with pytest.raises(EngineError, match="Cannot read"):
+        read_cases(tmp_path / "missing.json")
