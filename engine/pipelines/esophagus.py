@@ -540,16 +540,23 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     full_net.eval()
     # --- phase 2: KRT boxes ----------------------------------------------------------------------
     box_size = plan.krt_box_size or cfg_full.patch_size
-    window_full = SlidingWindowPredictor(cfg_full.patch_size, device)
     use_box = options.krt and not options.direct_3d
     train_boxes = [krt_box(c.full.label, box_size, tumour_value, plan.labels.get(ORGAN_OF_ORIGIN))
                    for c in train_cases] if use_box else None
+    # The classifier is validated on what Segment & Stage gives it by default (--tta all): cascade
+    # prior and KRT box from the mirrored sliding windows.
+    mirrored_low = SlidingWindowPredictor(cfg_low.patch_size, device, mirror_axes=SEGMENTATION_MIRROR_AXES)
+    mirrored_full = SlidingWindowPredictor(cfg_full.patch_size, device, mirror_axes=SEGMENTATION_MIRROR_AXES)
+    for c in val_cases:
+        _check_cancel(cancel)
+        c.prior = lowres_to_fullres(mirrored_low(low_net, c.low.image, cancel), c.low.record, c.full.record,
+                                    num_classes)
     val_boxes = None
     if use_box and val_cases:
         val_boxes = []
         for c in val_cases:
             _check_cancel(cancel)
-            pred = window_full(full_net, _fullres_input(c), cancel).argmax(0).numpy().astype(np.uint8)
+            pred = mirrored_full(full_net, _fullres_input(c), cancel).argmax(0).numpy().astype(np.uint8)
             val_boxes.append(krt_box(pred, box_size, tumour_value, plan.labels.get(ORGAN_OF_ORIGIN)))
     whole = None if use_box else _whole_volume_size(prepared, spec_full.total_stride)
     # --- phase 3: classification -----------------------------------------------------------------

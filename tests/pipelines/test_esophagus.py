@@ -17,6 +17,8 @@ import SimpleITK as sitk
 import torch
 
 from engine.cli import main as cli_main
+from engine.data.dataset import RawDataset
+from engine.data.splits import dataset_splits
 from engine.errors import BundleError, Cancelled, EngineError, ImageError, TrainingError
 from engine.inference.krt import bbox_centre, crop_box, krt_box
 from engine.io.image import Image, read_image, write_image
@@ -322,11 +324,29 @@ def test_classifier_validation_mirrors_the_crop_as_inference_does(tiny, tmp_path
             super().__init__(*args, **kwargs)
             tasks.append(self)
 
+    calls = []
+
+    class RecordingWindow(eso.SlidingWindowPredictor):
+        def __call__(self, model, image, cancel=None):
+            calls.append((tuple(self.patch_size), self.mirror_axes))
+            return super().__call__(model, image, cancel)
+
     monkeypatch.setattr(eso, "ClassificationTask", Recording)
+    monkeypatch.setattr(eso, "SlidingWindowPredictor", RecordingWindow)
     options = eso.TrainOptions(**{**TINY, "segmentation_from": str(tiny["bundle"].path), "lowres_epochs": 0,
                                   "fullres_epochs": 0})
     eso.train(tiny["root"] / "data", tmp_path / "model", options)
     assert [t.mirror_axes for t in tasks] == [eso.CLASSIFIER_MIRROR_AXES]
+    # the validation cases' cascade prior and KRT boxes come from mirrored windows, as Segment & Stage's
+    # default makes them; the training cases' prior from the plain low-resolution window
+    n_cases = len(list((tiny["root"] / "data" / "imagesTr").iterdir()))
+    n_val = len(dataset_splits(RawDataset.load(tiny["root"] / "data"), folds=TINY["folds"],
+                               seed=TINY["seed"])[TINY["fold"]]["val"])
+    plan = tiny["bundle"].plan["configurations"]
+    low, full = (tuple(plan[k]["patch_size"]) for k in ("3d_lowres", "3d_fullres"))
+    mirrored = eso.SEGMENTATION_MIRROR_AXES
+    assert calls.count((low, ())) == n_cases
+    assert calls.count((low, mirrored)) == calls.count((full, mirrored)) == n_val > 0
 
 
 def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, capsys):
