@@ -231,6 +231,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args.task)
+    bundle = pipeline.ensemble_classifiers(args.models, args.out, model_id=args.model_id,
+                                           version=args.version, overwrite=args.overwrite,
+                                           command="python -m engine " + " ".join(sys.argv[1:]))
+    members = pipeline.classifier_weight_names(bundle)
+    print(f"Model {bundle.id} {bundle.version} written to {bundle.path}: segmentation of {args.models[0]}, "
+          f"staging averaged over {len(members)} classifiers")
+    return 0
+
+
 def _is_batch_input(path: Path) -> bool:
     from engine.io.image import list_dicom_series
 
@@ -400,6 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(kept in the hidden .OUT.work folder beside --out)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("ensemble", help="combine models that share a segmentation into one bundle that "
+                                        "stages with the mean of their classifiers")
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--models", required=True, nargs="+", metavar="MODEL",
+                   help="two or more model folders or ids, each trained with --segmentation-from the same "
+                        "model (e.g. other folds or seeds); the first gives the segmentation and defaults")
+    s.add_argument("--out", required=True, help="model bundle folder to write")
+    s.add_argument("--model-id", help="bundle id (default: the first model's)")
+    s.add_argument("--version", help="bundle version (default: the first model's)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("run", help="Segment & Stage a CT (file, DICOM folder) or a batch (folder/CSV)")
     s.add_argument("--task", required=True, choices=TASKS)

@@ -20,6 +20,9 @@ What is reported:
   in the inner wall vs a bulky T3/T4 mass), so one mean over a stage mix hides where a model fails and
   makes test sets with different mixes incomparable; the mean predicted and reference volumes per stage
   show whether a stage is over- or under-segmented.
+- **Ensemble members** (when the cases carry each member's stage probabilities, as an ensemble of
+  stage classifiers gives them): every member's macro AUC and accuracy on the same cases, next to the
+  ensemble's — so one sees whether averaging beat its members or one member carried it.
 - **Volume agreement**, per structure: Pearson r (p-value, Fisher-z CI) and Bland–Altman bias and 95 %
   limits of predicted − reference volume (cm³). Needs ≥ 3 cases; otherwise it is skipped with a note.
 
@@ -89,6 +92,8 @@ class CaseEvaluation(JsonResult):
     structures: dict[str, StructureScores]
     stage_true: str | None = None
     stage_probabilities: dict[str, float] | None = None
+    #: each ensemble member's own probabilities (``stage_probabilities`` is their mean); None otherwise
+    member_stage_probabilities: list[dict[str, float]] | None = None
 
     @property
     def stage_predicted(self) -> str | None:
@@ -113,11 +118,17 @@ class CaseEvaluation(JsonResult):
                                             **{k: nan(s[k]) for k in (*_SEG_METRICS, "pred_volume_cm3",
                                                                       "ref_volume_cm3")})
                       for name, s in d["structures"].items()}
-        probs = d.get("stage_probabilities")
-        if probs is not None:
-            probs = {str(k): float(v) for k, v in probs.items()}
         return cls(case_id=str(d["case_id"]), structures=structures, stage_true=d.get("stage_true"),
-                   stage_probabilities=probs)
+                   stage_probabilities=_probabilities(d.get("stage_probabilities")),
+                   member_stage_probabilities=_member_probabilities(d.get("member_stage_probabilities")))
+
+
+def _probabilities(probs: Mapping[str, float] | None) -> dict[str, float] | None:
+    return None if probs is None else {str(k): float(v) for k, v in probs.items()}
+
+
+def _member_probabilities(members: Sequence[Mapping[str, float]] | None) -> list[dict[str, float]] | None:
+    return None if members is None else [{str(k): float(v) for k, v in m.items()} for m in members]
 
 
 def evaluate_case(
@@ -128,6 +139,7 @@ def evaluate_case(
     labels: Mapping[str, int],
     stage_true: str | None = None,
     stage_probabilities: Mapping[str, float] | None = None,
+    member_stage_probabilities: Sequence[Mapping[str, float]] | None = None,
 ) -> CaseEvaluation:
     """Score one case: Dice, IoU, HD95, ASSD and volumes per structure (``labels``: name → label value).
 
@@ -137,12 +149,10 @@ def evaluate_case(
     if not str(case_id):
         raise MetricInputError("case_id must be a non-empty string.")
     scores = segmentation_scores(pred_labels, ref_labels, labels, spacing)
-    probs = None
-    if stage_probabilities is not None:
-        probs = {str(k): float(v) for k, v in stage_probabilities.items()}
     return CaseEvaluation(case_id=str(case_id), structures=scores,
                           stage_true=None if stage_true is None else str(stage_true),
-                          stage_probabilities=probs)
+                          stage_probabilities=_probabilities(stage_probabilities),
+                          member_stage_probabilities=_member_probabilities(member_stage_probabilities))
 
 
 # --- summary dataclasses -------------------------------------------------------------------------
@@ -211,11 +221,14 @@ class EvaluationReport(JsonResult):
     cases: list[CaseEvaluation]
     notes: list[str] = field(default_factory=list)
     segmentation_by_stage: list[StageStratum] = field(default_factory=list)
+    #: each ensemble member's classification on the same cases (empty unless the cases carry them)
+    member_classification: list[ClassificationReport] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = json_value({k: getattr(self, k) for k in ("metadata", "n_cases", "structures",
                                                       "segmentation_by_stage", "volume_agreement",
-                                                      "classification", "stage_names")})
+                                                      "classification", "member_classification",
+                                                      "stage_names")})
         d["cases"] = [c.to_dict() for c in self.cases]
         d["notes"] = list(self.notes)
         return d
@@ -344,6 +357,28 @@ def _stage_section(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] |
     return report, names
 
 
+def _member_classification(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] | None,
+                           notes: list[str]) -> list[ClassificationReport]:
+    """Each ensemble member's classification over the cases, when every staged case carries the same
+    number of members (a pooled report mixing an ensemble with a single model gets none)."""
+    staged = [c for c in cases if c.stage_true is not None and c.stage_probabilities is not None]
+    counts = {len(c.member_stage_probabilities or []) for c in staged}
+    if counts == {0}:
+        return []
+    if len(counts) != 1:
+        notes.append("Ensemble members not reported: the cases carry different numbers of member "
+                     f"probabilities ({sorted(counts)}).")
+        return []
+    reports = []
+    for k in range(counts.pop()):
+        member_cases = [CaseEvaluation(c.case_id, {}, c.stage_true, c.member_stage_probabilities[k])
+                        for c in staged if c.member_stage_probabilities]
+        report, _ = _stage_section(member_cases, stage_names, [])
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
 def _structure_summary(name: str, rows: Sequence[StructureScores]) -> StructureSummary:
     return StructureSummary(
         name=name, label=rows[0].label, n_cases=len(rows),
@@ -412,11 +447,13 @@ def summarize(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] | None
     if classification is not None:
         notes.extend(f"Stage classification: {n}" for n in classification.notes)
     by_stage = _segmentation_by_stage(cases, names, stages, notes)
+    members = _member_classification(cases, stages, notes) if classification is not None else []
     meta = dict(metadata or {})
     meta["n_cases"] = len(cases)
     return EvaluationReport(metadata=meta, n_cases=len(cases), structures=structures,
                             volume_agreement=agreement, classification=classification, stage_names=stages,
-                            cases=list(cases), notes=notes, segmentation_by_stage=by_stage)
+                            cases=list(cases), notes=notes, segmentation_by_stage=by_stage,
+                            member_classification=members)
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -515,6 +552,14 @@ def render_markdown(report: EvaluationReport) -> str:
         out += ["### Confusion matrix", "", "Rows: reference stage; columns: predicted stage.", ""]
         out += _table(["Reference \\ Predicted"] + cls.class_names,
                       [[name] + row for name, row in zip(cls.class_names, cls.confusion_matrix)]) + [""]
+        if report.member_classification:
+            out += ["### Ensemble members", "",
+                    "Each stage classifier of the ensemble alone on the same cases; the ensemble stages by "
+                    "their mean probabilities.", ""]
+            rows = [[f"member {i}", m.n, _ci(m.macro.auc, m.macro.auc_ci_low, m.macro.auc_ci_high),
+                     _fmt(m.accuracy)] for i, m in enumerate(report.member_classification, 1)]
+            rows.append(["**ensemble**", cls.n, _ci(mac.auc, mac.auc_ci_low, mac.auc_ci_high), _fmt(cls.accuracy)])
+            out += _table(["Classifier", "n", f"macro AUC ({level} CI)", "Accuracy"], rows) + [""]
 
     out += ["## Volume agreement", "",
             "Predicted vs reference volume; differences are predicted − reference. "

@@ -225,11 +225,13 @@ class NnMTNet(nn.Module):
 
     ``classify(ct_crop, seg_input_crop)``: the classifier sees the KRT crop of the CT; with attention,
     the segmentation encoder sees the same crop with its own inputs (CT + one-hot low-resolution
-    prediction) and gates the classifier at every depth."""
+    prediction) and gates the classifier at every depth. ``segmentation``: an existing network to
+    share (several classifiers of an ensemble gate on one segmentation network)."""
 
-    def __init__(self, spec: NetworkSpec, options: ClassifierOptions | None = None):
+    def __init__(self, spec: NetworkSpec, options: ClassifierOptions | None = None,
+                 segmentation: SegmentationNet | None = None):
         super().__init__()
-        self.segmentation = SegmentationNet(spec)
+        self.segmentation = segmentation if segmentation is not None else SegmentationNet(spec)
         self.classifier = StageClassifier(spec, options or ClassifierOptions())
 
     def classify(self, ct_crop: torch.Tensor, seg_input_crop: torch.Tensor | None = None) -> torch.Tensor:

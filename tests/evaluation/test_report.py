@@ -336,3 +336,41 @@ def test_reading_cases_from_a_wrong_file_says_what_to_give(tmp_path):
         read_cases(bad)
     with pytest.raises(EngineError, match="Cannot read"):
         read_cases(tmp_path / "missing.json")
+
+
+def _with_members(cases: list[CaseEvaluation]) -> tuple[list[CaseEvaluation], np.ndarray]:
+    """The cases as an ensemble of two would give them: member 1 perfect-ish, member 2 the reverse."""
+    p = np.array([s[5] for s in CASE_SPECS])
+    second = 2 * p - p[:, ::-1]
+    second = np.clip(second, 0.05, None)
+    second /= second.sum(axis=1, keepdims=True)
+    first = 2 * p - second
+    members = np.stack([first, second], axis=1)            # case, member, stage; mean over members = p
+    out = [CaseEvaluation(c.case_id, c.structures, c.stage_true, c.stage_probabilities,
+                          [dict(zip(STAGES, m)) for m in members[i]]) for i, c in enumerate(cases)]
+    return out, members
+
+
+def test_ensemble_members_are_each_classified_on_the_same_cases(cases_and_maps, tmp_path):
+    cases, _ = cases_and_maps
+    with_members, members = _with_members(cases)
+    assert np.all(members >= 0) and np.allclose(members.mean(axis=1), [s[5] for s in CASE_SPECS])
+    report = summarize(with_members, STAGES)
+    y = np.array([STAGES.index(s[4]) for s in CASE_SPECS])
+    assert len(report.member_classification) == 2
+    for k, member in enumerate(report.member_classification):
+        expected = roc_auc_score(y, members[:, k], multi_class="ovr", average="macro")
+        assert member.macro.auc == pytest.approx(expected, abs=1e-9)
+        assert member.accuracy == pytest.approx(np.mean(members[:, k].argmax(1) == y))
+    assert report.member_classification[0].macro.auc != pytest.approx(report.member_classification[1].macro.auc)
+    assert summarize(cases, STAGES).member_classification == []       # a single model has no members
+    paths = write_report(report, tmp_path / "out")
+    md = paths["markdown"].read_text()
+    assert "### Ensemble members" in md and "| member 2 | 6 |" in md and "| **ensemble** | 6 |" in md
+    again, names = read_cases(paths["json"])
+    for read, given in zip(again[0].member_stage_probabilities, with_members[0].member_stage_probabilities):
+        assert read == pytest.approx(given)
+    pooled = summarize(again, names)
+    assert pooled.member_classification[1].macro.auc == pytest.approx(report.member_classification[1].macro.auc)
+    mixed = summarize(with_members[:3] + cases[3:], STAGES)
+    assert mixed.member_classification == [] and any("different numbers of member" in n for n in mixed.notes)

@@ -338,14 +338,15 @@ def test_classifier_validation_mirrors_the_crop_as_inference_does(tiny, tmp_path
     eso.train(tiny["root"] / "data", tmp_path / "model", options)
     assert [t.mirror_axes for t in tasks] == [eso.CLASSIFIER_MIRROR_AXES]
     # the validation cases' cascade prior and KRT boxes come from mirrored windows, as Segment & Stage's
-    # default makes them; the training cases' prior from the plain low-resolution window
+    # default makes them; the training cases' prior from the plain low-resolution window (held-out
+    # cases get no plain prior when, as here, the full-resolution phase is not trained)
     n_cases = len(list((tiny["root"] / "data" / "imagesTr").iterdir()))
     n_val = len(dataset_splits(RawDataset.load(tiny["root"] / "data"), folds=TINY["folds"],
                                seed=TINY["seed"])[TINY["fold"]]["val"])
     plan = tiny["bundle"].plan["configurations"]
     low, full = (tuple(plan[k]["patch_size"]) for k in ("3d_lowres", "3d_fullres"))
     mirrored = eso.SEGMENTATION_MIRROR_AXES
-    assert calls.count((low, ())) == n_cases
+    assert calls.count((low, ())) == n_cases - n_val
     assert calls.count((low, mirrored)) == calls.count((full, mirrored)) == n_val > 0
 
 
@@ -507,3 +508,108 @@ def test_demo_runs_segment_and_stage_with_an_installed_model(tiny, tmp_path, cap
     assert "true stage T" in out and "Predicted stage: T" in out and "Volumes (cm³)" in out
     report = json.loads((tmp_path / "demo" / "segment_and_stage" / "report.json").read_text())
     assert report["model"]["id"] == tiny["bundle"].id
+
+
+@pytest.fixture(scope="module")
+def second_member(tiny, tmp_path_factory):
+    """A second classifier on the tiny model's segmentation (another seed): an ensemble member."""
+    options = eso.TrainOptions(**{**TINY, "seed": 3, "segmentation_from": str(tiny["bundle"].path),
+                                  "lowres_epochs": 0, "fullres_epochs": 0})
+    return eso.train(tiny["root"] / "data", tmp_path_factory.mktemp("member") / "second", options)
+
+
+def _resaved(bundle, out: Path, plan: dict | None = None, fullres_offset: float = 0.0):
+    """``bundle`` written again with another plan or shifted full-resolution weights."""
+    from engine.registry.bundle import save_bundle
+
+    weights = {n: bundle.load_state_dict(n) for n in bundle.weight_names}
+    weights[eso.FULLRES] = {k: v + fullres_offset if v.is_floating_point() else v
+                            for k, v in weights[eso.FULLRES].items()}
+    return save_bundle(out, id=bundle.id, name=bundle.name, version=bundle.version, task=bundle.task,
+                       architecture=bundle.architecture, plan=plan or bundle.plan, labels=bundle.labels,
+                       stages=bundle.stages, modality=bundle.modality, training=bundle.training,
+                       metrics=bundle.metrics, intended_use=bundle.intended_use, weights=weights)
+
+
+def test_ensemble_stages_with_the_mean_of_its_members_probabilities(tiny, second_member, tmp_path):
+    first = tiny["bundle"]
+    ensemble = eso.ensemble_classifiers([first.path, second_member.path], tmp_path / "ensemble",
+                                        model_id="eso-ensemble", version="2.0.0")
+    assert eso.classifier_weight_names(ensemble) == [eso.CLASSIFIER, f"{eso.CLASSIFIER}_2"]
+    for name, member in ((eso.CLASSIFIER, first), (f"{eso.CLASSIFIER}_2", second_member)):
+        assert ensemble.weight_file(name).sha256 == member.weight_file(eso.CLASSIFIER).sha256
+    for name in (eso.LOWRES, eso.FULLRES):
+        assert ensemble.weight_file(name).sha256 == first.weight_file(name).sha256
+    assert ensemble.metrics["classifier"]["members"] == 2
+    assert [m["seed"] for m in ensemble.training["classifier_ensemble"]] == [1, 3]
+    card = ensemble.read_model_card()
+    assert "mean probabilities of 2 stage classifiers" in card and "| 0 | 3 | 1 |" in card  # fold, seed, epochs
+
+    image = tiny["dataset"].training[3].load_image()
+    by_ensemble = eso.EsophagusPredictor(ensemble, "cpu").predict(image, gradcam=False, tta="stage")
+    singles = [eso.EsophagusPredictor(b, "cpu").predict(image, gradcam=False, tta="stage")
+               for b in (first, second_member)]
+    expected = np.mean([list(p.stage_probabilities.values()) for p in singles], axis=0)
+    np.testing.assert_allclose(list(by_ensemble.stage_probabilities.values()), expected, atol=1e-6)
+    assert by_ensemble.predicted_stage == eso.STAGES[int(np.argmax(expected))]
+    np.testing.assert_array_equal(by_ensemble.labels.array, singles[0].labels.array)  # first's segmentation
+    for member, single in zip(by_ensemble.member_stage_probabilities, singles, strict=True):
+        assert member == pytest.approx(single.stage_probabilities, abs=1e-6)
+    assert singles[0].member_stage_probabilities == []
+    report = eso.build_report(by_ensemble, ensemble, image, "x")
+    assert report["model"]["stage_classifiers"] == 2 and len(report["member_stage_probabilities"]) == 2
+    assert "member_stage_probabilities" not in eso.build_report(singles[0], first, image, "x")
+
+
+def test_ensemble_gradcam_is_the_renormalised_mean_of_its_members_maps(tiny, second_member, tmp_path):
+    ensemble = eso.EsophagusPredictor(
+        eso.ensemble_classifiers([tiny["bundle"].path, second_member.path], tmp_path / "ensemble"), "cpu")
+    singles = [tiny["predictor"], eso.EsophagusPredictor(second_member, "cpu")]
+    channels = 1 + len(tiny["plan"].labels)
+    crop = torch.randn(1, channels, *tiny["plan"].krt_box_size, generator=torch.Generator().manual_seed(0))
+    for stage in (0, 3):
+        maps = [p._grad_cam(crop, stage) for p in singles]
+        total = maps[0] + maps[1]
+        expected = total / total.max() if total.max() > 0 else total
+        np.testing.assert_allclose(ensemble._grad_cam(crop, stage), expected, atol=1e-5)
+    cam = ensemble.predict(tiny["dataset"].training[2].load_image()).gradcam.array
+    assert cam.min() >= 0 and cam.max() <= 1
+
+
+def test_ensemble_refuses_members_that_do_not_share_a_segmentation(tiny, second_member, tmp_path):
+    first = tiny["bundle"]
+    out = tmp_path / "ensemble"
+    with pytest.raises(EngineError, match="at least two"):
+        eso.ensemble_classifiers([first.path], out)
+    with pytest.raises(EngineError, match="identical"):
+        eso.ensemble_classifiers([first.path, first.path], out)
+    retrained = _resaved(second_member, tmp_path / "retrained", fullres_offset=1e-3)
+    with pytest.raises(EngineError, match="segmentation-from"):
+        eso.ensemble_classifiers([first.path, retrained.path], out)
+    box = [k + 4 for k in second_member.plan["krt_box_size"]]
+    replanned = _resaved(second_member, tmp_path / "replanned", plan={**second_member.plan, "krt_box_size": box})
+    with pytest.raises(EngineError, match="plan"):
+        eso.ensemble_classifiers([first.path, replanned.path], out)
+    assert not out.exists()
+    nested = eso.ensemble_classifiers([first.path, second_member.path], tmp_path / "nested")
+    with pytest.raises(EngineError, match="identical"):  # an ensemble's members count as classifiers
+        eso.ensemble_classifiers([nested.path, second_member.path], out)
+    assert not out.exists()
+
+
+def test_cli_ensemble_writes_a_bundle_that_runs(tiny, second_member, tmp_path, capsys):
+    out = tmp_path / "ensemble"
+    assert cli_main(["ensemble", "--task", "esophagus", "--models", str(tiny["bundle"].path),
+                     str(second_member.path), "--out", str(out), "--version", "3.1.0"]) == 0
+    assert "averaged over 2 classifiers" in capsys.readouterr().out
+    bundle = load_bundle(out, expected_task="esophagus", verify=True)
+    assert bundle.version == "3.1.0" and bundle.training["command"].startswith("python -m engine ")
+    assert cli_main(["ensemble", "--task", "esophagus", "--models", str(tiny["bundle"].path),
+                     str(second_member.path), "--out", str(out)]) == 2  # exists: not overwritten
+    image_path = tiny["dataset"].training[0].image_files[0]
+    result = eso.segment_and_stage(image_path, tmp_path / "run", bundle, device="cpu")
+    assert sum(result.report["stage_probabilities"].values()) == pytest.approx(1.0)
+    files = eso.evaluate(tiny["root"] / "data", tmp_path / "eval", bundle, device="cpu", tta="none")
+    metrics = json.loads(files["json"].read_text())
+    assert len(metrics["member_classification"]) == 2 and "stage classifiers" in metrics["metadata"]
+    assert "### Ensemble members" in files["markdown"].read_text()
