@@ -390,8 +390,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ours_times, ours_results = time_runs(ours_once, args.warmup, args.repeats, device)
             ours_net = {"lowres_features": predictor.low_net.spec.features,
                         "fullres_features": predictor.net.segmentation.spec.features,
-                        "parameters": sum(p.numel() for m in (predictor.low_net, predictor.net)
-                                          for p in m.parameters())}
+                        "parameters": sum(p.numel() for m in (predictor.low_net, predictor.net.segmentation,
+                                                              *(c.classifier for c in predictor.members))
+                                          for p in m.parameters()),
+                        "stage_classifiers": len(predictor.members)}
             del predictor
         ours["cuda_peak_gb"] = _cuda_peak_gb(device)
         median_ours = ours_results[_median_index(ours_times)]
