@@ -229,7 +229,9 @@ class EsophagusStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.modelCardLabel.text = (f"<b>{card.name}</b> version {card.version}<br>"
                                            f"Training data: {card.training_data}<br>"
-                                           f"Intended use: {card.intended_use}")
+                                           + (f"Staging: mean of {card.stage_classifiers} classifiers<br>"
+                                              if card.stage_classifiers > 1 else "")
+                                           + f"Intended use: {card.intended_use}")
             if self._parameterNode:
                 self._parameterNode.modelPath = str(card.path)
         self.updateButtons()

@@ -87,6 +87,8 @@ class ModelCard:
     intended_use: str
     is_demo: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: how many classifiers the staging averages (an ``engine ensemble`` bundle has several)
+    stage_classifiers: int = 1
 
     @property
     def label(self) -> str:
@@ -448,11 +450,14 @@ class EsophagusStagingLogic(ScriptedLoadableModuleLogic):
 
 
 def _card(bundle: Any) -> ModelCard:
+    from engine.pipelines.esophagus import classifier_weight_names
+
     data = (bundle.training or {}).get("data") or {}
     name, cases = data.get("dataset") or "not stated", data.get("cases")
     return ModelCard(id=bundle.id, name=bundle.name, version=bundle.version, path=Path(bundle.path),
                      training_data=f"{name}" + (f" ({cases} cases)" if cases else ""),
-                     intended_use=bundle.intended_use, is_demo=bundle.is_demo, metrics=dict(bundle.metrics or {}))
+                     intended_use=bundle.intended_use, is_demo=bundle.is_demo, metrics=dict(bundle.metrics or {}),
+                     stage_classifiers=len(classifier_weight_names(bundle)))
 
 
 _STEP_TEXT = {"preprocess": "Preprocessing", "segmentation_lowres": "Segmenting (low resolution)",

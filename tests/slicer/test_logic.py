@@ -72,6 +72,7 @@ def test_training_panel_validates_then_trains_with_live_progress(trained, monkey
     assert [c.id for c in cards if c.path == trained.bundle_dir] == ["tiny-eso"]
     card = next(c for c in cards if c.id == "tiny-eso")
     assert card.version == "1.0.0" and "8 cases" in card.training_data and card.intended_use
+    assert card.stage_classifiers == 1
 
 
 def test_training_refuses_a_folder_without_dataset_json(logic, tmp_path):
@@ -355,3 +356,18 @@ def test_cancel_kills_the_whole_process_tree(headless, ct, trained):
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # no process of the group is left
     assert headless.snapshot() == before
+
+
+def test_model_card_says_how_many_classifiers_the_staging_averages(tmp_path):
+    from types import SimpleNamespace
+
+    from EsophagusStagingLib.logic import _card
+
+    def bundle(architecture):
+        return SimpleNamespace(id="m", name="M", version="1.0.0", path=tmp_path, intended_use="research",
+                               is_demo=False, metrics={}, architecture=architecture,
+                               training={"data": {"dataset": "D", "cases": 3}})
+
+    assert _card(bundle({"name": "nn-MTNet"})).stage_classifiers == 1
+    ensemble = bundle({"name": "nn-MTNet", "classifier_members": ["classifier", "classifier_2", "classifier_3"]})
+    assert _card(ensemble).stage_classifiers == 3
