@@ -558,7 +558,8 @@ def render_markdown(report: EvaluationReport) -> str:
                     "their mean probabilities.", ""]
             rows = [[f"member {i}", m.n, _ci(m.macro.auc, m.macro.auc_ci_low, m.macro.auc_ci_high),
                      _fmt(m.accuracy)] for i, m in enumerate(report.member_classification, 1)]
-            rows.append(["**ensemble**", cls.n, _ci(mac.auc, mac.auc_ci_low, mac.auc_ci_high), _fmt(cls.accuracy)])
+            rows.append(["**ensemble**", cls.n, _ci(mac.auc, mac.auc_ci_low, mac.auc_ci_high),
+                         _fmt(cls.accuracy)])
             out += _table(["Classifier", "n", f"macro AUC ({level} CI)", "Accuracy"], rows) + [""]
 
     out += ["## Volume agreement", "",

@@ -662,8 +662,8 @@ def _dice_table(metrics: dict) -> list[str]:
 def model_card(options: TrainOptions, dataset_name: str, metrics: dict, cases: int | None = None) -> str:
     """The bundle's MODEL_CARD.md: what the model is for, what it was trained on, how it scored."""
     lines = _card_header(options.model_name, options.variant, dataset_name, cases, options.intended_use)
-    lines += [f"- Budget: low-resolution {options.lowres_epochs}, full-resolution {options.fullres_epochs} epochs "
-              f"of {options.steps_per_epoch} iterations; classifier {options.classifier_epochs} epochs; seed "
+    lines += [f"- Budget: low-resolution {options.lowres_epochs}, full-resolution {options.fullres_epochs} "
+              f"epochs of {options.steps_per_epoch} iterations; classifier {options.classifier_epochs} epochs; seed "
               f"{options.seed}" + (f"; segmentation started from `{options.segmentation_from}`"
                                    if options.segmentation_from else "") + ".", ""]
     lines += _dice_table(metrics)
@@ -760,8 +760,8 @@ def ensemble_model_card(first: ModelBundle, members: list[dict[str, Any]], class
                          data.get("cases"), first.intended_use,
                          f"; staging with the mean probabilities of {classifiers} stage classifiers")
     source = (first.training or {}).get("segmentation_from") or {"id": first.id, "version": first.version}
-    lines += [f"- Segmentation networks: those of `{source.get('id')} {source.get('version')}`, shared by every "
-              "member.", ""]
+    lines += [f"- Segmentation networks: those of `{source.get('id')} {source.get('version')}`, shared by "
+              "every member.", ""]
     lines += _dice_table(first.metrics)
     lines += ["## Stage classifiers (each validated on its own held-out fold)", "",
               "| member | fold | seed | epochs | val AUC | val accuracy |", "|---|---|---|---|---|---|"]

@@ -543,7 +543,8 @@ def test_ensemble_stages_with_the_mean_of_its_members_probabilities(tiny, second
     assert ensemble.metrics["classifier"]["members"] == 2
     assert [m["seed"] for m in ensemble.training["classifier_ensemble"]] == [1, 3]
     card = ensemble.read_model_card()
-    assert "mean probabilities of 2 stage classifiers" in card and "| 0 | 3 | 1 |" in card  # fold, seed, epochs
+    assert "mean probabilities of 2 stage classifiers" in card
+    assert "| 0 | 3 | 1 |" in card  # the second member's fold, seed and epochs
 
     image = tiny["dataset"].training[3].load_image()
     by_ensemble = eso.EsophagusPredictor(ensemble, "cpu").predict(image, gradcam=False, tta="stage")
@@ -587,7 +588,8 @@ def test_ensemble_refuses_members_that_do_not_share_a_segmentation(tiny, second_
     with pytest.raises(EngineError, match="segmentation-from"):
         eso.ensemble_classifiers([first.path, retrained.path], out)
     box = [k + 4 for k in second_member.plan["krt_box_size"]]
-    replanned = _resaved(second_member, tmp_path / "replanned", plan={**second_member.plan, "krt_box_size": box})
+    replanned = _resaved(second_member, tmp_path / "replanned",
+                         plan={**second_member.plan, "krt_box_size": box})
     with pytest.raises(EngineError, match="plan"):
         eso.ensemble_classifiers([first.path, replanned.path], out)
     assert not out.exists()

@@ -369,5 +369,6 @@ def test_model_card_says_how_many_classifiers_the_staging_averages(tmp_path):
                                training={"data": {"dataset": "D", "cases": 3}})
 
     assert _card(bundle({"name": "nn-MTNet"})).stage_classifiers == 1
-    ensemble = bundle({"name": "nn-MTNet", "classifier_members": ["classifier", "classifier_2", "classifier_3"]})
+    members = ["classifier", "classifier_2", "classifier_3"]
+    ensemble = bundle({"name": "nn-MTNet", "classifier_members": members})
     assert _card(ensemble).stage_classifiers == 3
