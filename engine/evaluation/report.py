@@ -123,12 +123,16 @@ class CaseEvaluation(JsonResult):
                    member_stage_probabilities=_member_probabilities(d.get("member_stage_probabilities")))
 
 
+def _as_probabilities(probs: Mapping[str, float]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in probs.items()}
+
+
 def _probabilities(probs: Mapping[str, float] | None) -> dict[str, float] | None:
-    return None if probs is None else {str(k): float(v) for k, v in probs.items()}
+    return None if probs is None else _as_probabilities(probs)
 
 
 def _member_probabilities(members: Sequence[Mapping[str, float]] | None) -> list[dict[str, float]] | None:
-    return None if members is None else [{str(k): float(v) for k, v in m.items()} for m in members]
+    return None if members is None else [_as_probabilities(m) for m in members]
 
 
 def evaluate_case(

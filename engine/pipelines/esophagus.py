@@ -410,6 +410,11 @@ def _record_run(work: Path, record: dict[str, Any], resume: bool) -> None:
     (work / RUN_OPTIONS_FILE).write_text(json.dumps(record, indent=1))
 
 
+def _command_line(command: str | None) -> str:
+    """What a bundle records as the command that made it: the caller's, else this process's."""
+    return command or " ".join(shlex.quote(a) for a in sys.argv)
+
+
 def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None = None,
           plan: Plan | str | Path | None = None, callbacks: Sequence[Callback] = (),
           cancel: CancelFn | None = None, overwrite: bool = False, command: str | None = None,
@@ -607,7 +612,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         "data": {"dataset": ds.description.name, "path": str(Path(dataset).absolute()),
                  "cases": len(prepared), "train_cases": sorted(train_ids), "val_cases": sorted(val_ids),
                  "description": ds.description.description or ""},
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "command": _command_line(command),
         "options": asdict(options), "seed": options.seed,
         "segmentation_from": None if source is None else {
             "id": source.id, "version": source.version,
@@ -743,7 +748,7 @@ def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: st
     metrics = {**{k: v for k, v in first.metrics.items() if k in ("lowres", "fullres")},
                "classifier": cls_metrics}
     training = {**{k: v for k, v in first.training.items() if k in ("data", "segmentation_from", "hardware")},
-                "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+                "command": _command_line(command),
                 "seed": first.training.get("seed"), "classifier_ensemble": members}
     model_id, version = model_id or first.id, version or first.version
     card = ensemble_model_card(first, members, len(names))
