@@ -686,14 +686,19 @@ def classifier_weight_names(bundle: ModelBundle) -> list[str]:
     return list(bundle.architecture.get(CLASSIFIER_MEMBERS) or [CLASSIFIER])
 
 
-def _member_record(bundle: ModelBundle) -> dict[str, Any]:
+def _member_records(bundle: ModelBundle) -> list[dict[str, Any]]:
+    """One record per classifier: an ensemble given as a member contributes its members' own records
+    (as its weights are flattened), so every card row keeps its run's fold and validation."""
+    nested = (bundle.training or {}).get("classifier_ensemble")
+    if nested and len(nested) == len(classifier_weight_names(bundle)):
+        return [dict(m) for m in nested]
     training, options = bundle.training or {}, (bundle.training or {}).get("options") or {}
-    return {"id": bundle.id, "version": bundle.version, "path": str(bundle.path),
+    return [{"id": bundle.id, "version": bundle.version, "path": str(bundle.path),
             "sha256": {n: bundle.weight_file(n).sha256 for n in classifier_weight_names(bundle)},
             "command": training.get("command"), "seed": training.get("seed"), "fold": options.get("fold"),
             "classifier_epochs": options.get("classifier_epochs"),
             "val_cases": (training.get("data") or {}).get("val_cases"),
-            "validation": (bundle.metrics or {}).get("classifier") or {}}
+            "validation": (bundle.metrics or {}).get("classifier") or {}}]
 
 
 def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: str | Path, *,
@@ -738,7 +743,7 @@ def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: st
         for name in classifier_weight_names(b):
             names.append(CLASSIFIER if not names else f"{CLASSIFIER}_{len(names) + 1}")
             weights[names[-1]] = b.load_state_dict(name)
-    members = [_member_record(b) for b in bundles]
+    members = [record for b in bundles for record in _member_records(b)]
     validated = [m["validation"] for m in members if m["validation"]]
     cls_metrics: dict[str, Any] = {"members": len(names)}
     for key in ("val_auc", "val_accuracy"):

@@ -518,13 +518,13 @@ def second_member(tiny, tmp_path_factory):
     return eso.train(tiny["root"] / "data", tmp_path_factory.mktemp("member") / "second", options)
 
 
-def _resaved(bundle, out: Path, plan: dict | None = None, fullres_offset: float = 0.0):
-    """``bundle`` written again with another plan or shifted full-resolution weights."""
+def _resaved(bundle, out: Path, plan: dict | None = None, offsets: dict[str, float] | None = None):
+    """``bundle`` written again with another plan or with some weights shifted by a constant."""
     from engine.registry.bundle import save_bundle
 
     weights = {n: bundle.load_state_dict(n) for n in bundle.weight_names}
-    weights[eso.FULLRES] = {k: v + fullres_offset if v.is_floating_point() else v
-                            for k, v in weights[eso.FULLRES].items()}
+    for name, offset in (offsets or {}).items():
+        weights[name] = {k: v + offset if v.is_floating_point() else v for k, v in weights[name].items()}
     return save_bundle(out, id=bundle.id, name=bundle.name, version=bundle.version, task=bundle.task,
                        architecture=bundle.architecture, plan=plan or bundle.plan, labels=bundle.labels,
                        stages=bundle.stages, modality=bundle.modality, training=bundle.training,
@@ -584,7 +584,7 @@ def test_ensemble_refuses_members_that_do_not_share_a_segmentation(tiny, second_
         eso.ensemble_classifiers([first.path], out)
     with pytest.raises(EngineError, match="identical"):
         eso.ensemble_classifiers([first.path, first.path], out)
-    retrained = _resaved(second_member, tmp_path / "retrained", fullres_offset=1e-3)
+    retrained = _resaved(second_member, tmp_path / "retrained", offsets={eso.FULLRES: 1e-3})
     with pytest.raises(EngineError, match="segmentation-from"):
         eso.ensemble_classifiers([first.path, retrained.path], out)
     box = [k + 4 for k in second_member.plan["krt_box_size"]]
@@ -597,6 +597,19 @@ def test_ensemble_refuses_members_that_do_not_share_a_segmentation(tiny, second_
     with pytest.raises(EngineError, match="identical"):  # an ensemble's members count as classifiers
         eso.ensemble_classifiers([nested.path, second_member.path], out)
     assert not out.exists()
+
+
+def test_an_ensemble_of_an_ensemble_keeps_every_classifiers_own_record(tiny, second_member, tmp_path):
+    nested = eso.ensemble_classifiers([tiny["bundle"].path, second_member.path], tmp_path / "nested")
+    third = _resaved(second_member, tmp_path / "third", offsets={eso.CLASSIFIER: 1e-3})
+    ensemble = eso.ensemble_classifiers([nested.path, third.path], tmp_path / "ensemble")
+    records = ensemble.training["classifier_ensemble"]
+    assert len(records) == len(eso.classifier_weight_names(ensemble)) == 3
+    assert [r["seed"] for r in records] == [1, 3, 3]
+    assert [r["path"] for r in records[:2]] == [str(tiny["bundle"].path), str(second_member.path)]
+    assert all(r["validation"] for r in records)
+    rows = [line for line in ensemble.read_model_card().splitlines() if line.startswith("| ")][-3:]
+    assert len(rows) == 3 and not any("–" in row for row in rows)
 
 
 def test_cli_ensemble_writes_a_bundle_that_runs(tiny, second_member, tmp_path, capsys):
