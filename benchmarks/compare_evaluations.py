@@ -6,6 +6,9 @@ model, the paired difference in macro AUC with a case-resampling bootstrap CI an
 per-case correctness. Pairing matters: with 40 cases the unpaired CIs overlap for almost any pair.
 
     python benchmarks/compare_evaluations.py full=EVAL_DIR no-transfer=EVAL_DIR2 ... [--bootstrap 2000]
+
+``NAME=EVAL_DIR#K`` takes member K (1-based) of an evaluated ensemble on its own: ``evaluate`` records
+each member's probabilities on the same cases and segmentation, so a member need not be evaluated again.
 """
 
 from __future__ import annotations
@@ -32,12 +35,21 @@ class Evaluation:
     summary: dict
 
 
-def load_evaluation(name: str, folder: Path) -> Evaluation:
+def load_evaluation(name: str, folder: Path, member: int | None = None) -> Evaluation:
+    """``member`` (1-based) selects one classifier of an evaluated ensemble instead of the ensemble."""
     metrics = json.loads((folder / "metrics.json").read_text())
     if not metrics.get("classification"):
         raise SystemExit(f"error: {folder} has no stage classification results")
-    return Evaluation(name, list(metrics["stage_names"]), {c["case_id"]: c for c in metrics["cases"]},
-                      metrics["classification"])
+    cases = {c["case_id"]: c for c in metrics["cases"]}
+    if member is None:
+        return Evaluation(name, list(metrics["stage_names"]), cases, metrics["classification"])
+    summaries = metrics.get("member_classification") or []
+    if not 1 <= member <= len(summaries):
+        raise SystemExit(f"error: {folder} holds {len(summaries)} ensemble member(s); member {member} "
+                         "does not exist (members are numbered from 1)")
+    cases = {i: {**c, "stage_probabilities": c["member_stage_probabilities"][member - 1]}
+             for i, c in cases.items()}
+    return Evaluation(name, list(metrics["stage_names"]), cases, summaries[member - 1])
 
 
 def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
@@ -48,16 +60,18 @@ def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", metavar="NAME=EVAL_DIR", help="the first one is the reference")
+    p.add_argument("runs", nargs="+", metavar="NAME=EVAL_DIR[#K]",
+                   help="the first one is the reference; #K: member K of an evaluated ensemble")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the cases")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     runs = []
     for item in args.runs:
-        name, _, folder = item.partition("=")
-        if not folder:
-            p.error(f"'{item}' must be NAME=EVAL_DIR")
-        runs.append(load_evaluation(name, Path(folder)))
+        name, _, target = item.partition("=")
+        folder, _, member = target.partition("#")
+        if not folder or (member and not member.isdigit()):
+            p.error(f"'{item}' must be NAME=EVAL_DIR or NAME=EVAL_DIR#K")
+        runs.append(load_evaluation(name, Path(folder), int(member) if member else None))
     first = runs[0]
     names, ids = first.stages, sorted(first.cases)
     for run in runs[1:]:

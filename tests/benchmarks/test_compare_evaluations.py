@@ -52,3 +52,22 @@ def test_runs_on_different_cases_are_refused(tmp_path):
     b = _write(tmp_path / "b", TRUTH, ids=[f"other{i}" for i in range(len(TRUTH))])
     with pytest.raises(SystemExit, match="same cases"):
         compare.main([f"a={a}", f"b={b}"])
+
+
+def test_an_ensemble_member_is_compared_on_its_own_probabilities(tmp_path, capsys):
+    ensemble = _write(tmp_path / "ensemble", TRUTH)
+    swapped = ["T2", "T2", "T1", "T1", "T3", "T3", "T4", "T4"]
+    metrics = json.loads((ensemble / "metrics.json").read_text())
+    for case, wrong in zip(metrics["cases"], swapped):
+        case["member_stage_probabilities"] = [
+            case["stage_probabilities"], {s: 0.7 if s == wrong else 0.1 for s in STAGES}]
+    member_summary = {**metrics["classification"], "accuracy": 0.5}
+    metrics["member_classification"] = [metrics["classification"], member_summary]
+    (ensemble / "metrics.json").write_text(json.dumps(metrics))
+
+    assert compare.main([f"ens={ensemble}", f"second={ensemble}#2", "--bootstrap", "50"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[3].split("|")
+    assert row[3].strip().startswith("0.500")  # the member's own summary, not the ensemble's
+    assert float(row[4].split("(")[0]) == pytest.approx(-1 / 3, abs=5e-4)  # as the swapped run above
+    with pytest.raises(SystemExit, match="2 ensemble member"):
+        compare.main([f"ens={ensemble}", f"third={ensemble}#3"])
