@@ -41,7 +41,8 @@ from engine.io.image import Image
 from engine.losses import DeepSupervisionLoss, segmentation_loss, stage_focal_loss
 from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, SegmentationNet
 from engine.planning.planner import Plan
-from engine.preprocessing.pipeline import PreprocessedCase, Preprocessor, PreprocessRecord
+from engine.preprocessing.pipeline import (PreprocessedCase, Preprocessor, PreprocessRecord,
+                                          preprocess_configurations)
 from engine.registry.bundle import DEMO_INTENDED_USE, Label, ModelBundle, save_bundle
 from engine.training.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from engine.training.tasks import ClassificationTask, SegmentationTask
@@ -480,8 +481,9 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     for case in ds.training:
         _check_cancel(cancel)
         image, label = case.load_image(), case.load_label()
+        full, low = preprocess_configurations((pre_full, pre_low), image, label)
         prepared.append(PreparedCase(case.case_id, _stage_index(case.stage, stage_names, case.case_id),
-                                     pre_full(image, label), pre_low(image, label)))
+                                     full, low))
     train_cases = [c for c in prepared if c.case_id in train_ids]
     val_cases = [c for c in prepared if c.case_id in val_ids]
     num_classes = len(plan.labels)
@@ -913,8 +915,8 @@ class EsophagusPredictor:
         warnings: list[str] = []
         cfg_low, cfg_full = plan.configuration("3d_lowres"), plan.configuration("3d_fullres")
         with timer.step("preprocess"):
-            low = Preprocessor(plan, cfg_low)(image)
-            full = Preprocessor(plan, cfg_full)(image)
+            low, full = preprocess_configurations((Preprocessor(plan, cfg_low), Preprocessor(plan, cfg_full)),
+                                                  image)
         seg_mirror = SEGMENTATION_MIRROR_AXES if tta == "all" else ()
         window_low = SlidingWindowPredictor(cfg_low.patch_size, self.device, mirror_axes=seg_mirror)
         window_full = SlidingWindowPredictor(cfg_full.patch_size, self.device, mirror_axes=seg_mirror)

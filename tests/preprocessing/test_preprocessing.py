@@ -7,7 +7,9 @@ import pytest
 
 from engine.io.image import Image
 from engine.planning.planner import Configuration, Normalization, Plan, network_topology
-from engine.preprocessing import Preprocessor, normalize, resample_to_spacing
+from engine.preprocessing import (Preprocessor, normalize, preprocess_configurations, resample_to_grid,
+                                  resample_to_spacing, resampled_shape, spline_coefficients)
+from engine.preprocessing import pipeline as preprocessing_pipeline
 from engine.preprocessing.crop import foreground_box, pad, pad_amounts, unpad
 
 
@@ -108,3 +110,48 @@ def test_bspline_resampling_keeps_smooth_values():
     # ... and a ramp is reproduced between them once the mirror-boundary error has decayed
     inner = (slice(12, -12),) * 3
     np.testing.assert_allclose(fine.array[inner], expect[inner], rtol=1e-4, atol=1e-3)
+
+
+def test_resampling_from_spline_coefficients_equals_plain_bspline_resampling():
+    img, lab = _oblique()
+    coefficients = spline_coefficients(img)
+    for spacing in ((1.25, 1.2, 1.2), (5.0, 2.4, 2.7)):
+        shape = resampled_shape(img.shape, img.spacing, spacing)
+        plain = resample_to_grid(img, shape, spacing)
+        shared = resample_to_grid(img, shape, spacing, coefficients=coefficients)
+        assert shared.same_geometry(plain, tolerance=1e-9)
+        np.testing.assert_allclose(shared.array, plain.array, rtol=0, atol=1e-3)  # values span −1000…80
+    with pytest.raises(ValueError, match="cubic"):
+        resample_to_grid(lab, shape, spacing, is_label=True, coefficients=coefficients)
+
+
+def test_cascade_configurations_share_the_grid_independent_work(monkeypatch):
+    img, lab = _oblique()
+    plan = _plan((1.25, 1.2, 1.2))
+    low_topology, low_patch = network_topology([16, 32, 32], [5.0, 2.4, 2.4], 320)
+    plan.configurations["3d_lowres"] = Configuration("3d_lowres", 3, [5.0, 2.4, 2.4], [8, 20, 20], low_patch,
+                                                     2, low_topology)
+    pre_full, pre_low = Preprocessor(plan, "3d_fullres"), Preprocessor(plan, "3d_lowres")
+    separately = [pre_full(img, lab), pre_low(img, lab)]
+    calls = []
+
+    def counted(image):
+        calls.append(image.shape)
+        return spline_coefficients(image)
+
+    boxes = []
+
+    def counted_box(array, modality):
+        boxes.append(array.shape)
+        return foreground_box(array, modality)
+
+    monkeypatch.setattr(preprocessing_pipeline, "spline_coefficients", counted)
+    monkeypatch.setattr(preprocessing_pipeline.cropping, "foreground_box", counted_box)
+    together = preprocess_configurations((pre_full, pre_low), img, lab)
+    assert len(calls) == len(boxes) == 1  # one decomposition and one foreground box serve both resolutions
+    assert together[0].image.shape != together[1].image.shape
+    for a, b in zip(together, separately):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert a.record == b.record
+
