@@ -180,4 +180,3 @@ def preprocess_configurations(preprocessors: Sequence[Preprocessor], image: Imag
     about half the time."""
     shared = _GridIndependentWork()
     return [pre._run(image, label, shared) for pre in preprocessors]
-

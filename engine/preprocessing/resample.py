@@ -26,8 +26,8 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing:
 def spline_coefficients(image: Image) -> sitk.Image:
     """The image's cubic B-spline coefficients.
 
-    Computing them is most of a B-spline resampling's cost (a recursive filter over every input voxel;
-    2.5 s of 2.6 s for a 237×256×256 CT on 2 cores), and they do not depend on the output grid: pass
+    Computing them is most of a B-spline resampling's cost (a recursive filter over every input voxel:
+    2.2–2.5 s for a 237×256×256 CT on 2 cores), and they do not depend on the output grid: pass
     them to :func:`resample_to_grid` to resample one image onto several grids (a cascade's two
     resolutions) for the price of one. The result equals the plain B-spline resampling up to float
     rounding.
