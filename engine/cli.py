@@ -235,7 +235,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args.task)
     bundle = pipeline.ensemble_classifiers(args.models, args.out, model_id=args.model_id,
                                            version=args.version, overwrite=args.overwrite,
-                                           command="python -m engine " + " ".join(sys.argv[1:]))
+                                           command="python -m engine " + " ".join(sys.argv[1:]),
+                                           weights_dtype=args.weights_dtype)
     members = pipeline.classifier_weight_names(bundle)
     print(f"Model {bundle.id} {bundle.version} written to {bundle.path}: segmentation of {args.models[0]}, "
           f"staging averaged over {len(members)} classifiers")
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="model bundle folder to write")
     s.add_argument("--model-id", help="bundle id (default: the first model's)")
     s.add_argument("--version", help="bundle version (default: the first model's)")
+    s.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 stores the weights in half the space (rounded; still computed in float32)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_ensemble)
 

@@ -43,7 +43,8 @@ from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, Segm
 from engine.planning.planner import Plan
 from engine.preprocessing.pipeline import (PreprocessedCase, Preprocessor, PreprocessRecord,
                                           preprocess_configurations)
-from engine.registry.bundle import DEMO_INTENDED_USE, Label, ModelBundle, save_bundle
+from engine.registry.bundle import (DEMO_INTENDED_USE, HALF_PRECISION_STORAGE, Label, ModelBundle,
+                                    save_bundle)
 from engine.training.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from engine.training.tasks import ClassificationTask, SegmentationTask
 from engine.training.callbacks import read_history
@@ -705,13 +706,15 @@ def _member_records(bundle: ModelBundle) -> list[dict[str, Any]]:
 
 def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: str | Path, *,
                          model_id: str | None = None, version: str | None = None, overwrite: bool = False,
-                         command: str | None = None) -> ModelBundle:
+                         command: str | None = None, weights_dtype: str | None = None) -> ModelBundle:
     """One bundle that stages with the mean probabilities of several models' classifiers.
 
     A stage classifier trained on ~140 cases moves by several AUC points between runs (seed, fold);
     averaging runs removes that luck. The models must share plan, labels, stages, architecture and
     segmentation networks (bit for bit: train each with ``--segmentation-from`` the same model), and
     their classifiers must differ. The first model gives the segmentation, id and card defaults.
+    ``weights_dtype="float16"`` stores every weight in half precision (half the size, for shipping);
+    they are computed in float32 as before.
     """
     if len(models) < 2:
         raise EngineError("An ensemble needs at least two models; pass every model whose classifier "
@@ -758,22 +761,27 @@ def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: st
                 "command": _command_line(command),
                 "seed": first.training.get("seed"), "classifier_ensemble": members}
     model_id, version = model_id or first.id, version or first.version
-    card = ensemble_model_card(first, members, len(names))
+    card = ensemble_model_card(first, members, len(names), weights_dtype)
     return save_bundle(
         out_dir, id=model_id, name=first.name, version=version, task=TASK,
         architecture={**first.architecture, CLASSIFIER_MEMBERS: names}, plan=first.plan, labels=first.labels,
         stages=first.stages, modality=first.modality, training=training, metrics=metrics,
-        intended_use=first.intended_use, weights=weights, model_card=card, overwrite=overwrite)
+        intended_use=first.intended_use, weights=weights, model_card=card, overwrite=overwrite,
+        weights_dtype=weights_dtype)
 
 
-def ensemble_model_card(first: ModelBundle, members: list[dict[str, Any]], classifiers: int) -> str:
+def ensemble_model_card(first: ModelBundle, members: list[dict[str, Any]], classifiers: int,
+                        weights_dtype: str | None = None) -> str:
     data = (first.training or {}).get("data") or {}
     lines = _card_header(first.name, first.architecture.get("variant", "full"), data.get("dataset", "?"),
                          data.get("cases"), first.intended_use,
                          f"; staging with the mean probabilities of {classifiers} stage classifiers")
     source = (first.training or {}).get("segmentation_from") or {"id": first.id, "version": first.version}
     lines += [f"- Segmentation networks: those of `{source.get('id')} {source.get('version')}`, shared by "
-              "every member.", ""]
+              "every member."]
+    if weights_dtype == HALF_PRECISION_STORAGE:
+        lines += ["- Weights stored in float16 (rounded from the trained float32; computed in float32)."]
+    lines += [""]
     lines += _dice_table(first.metrics)
     lines += ["## Stage classifiers (each validated on its own held-out fold)", "",
               "| member | fold | seed | epochs | val AUC | val accuracy |", "|---|---|---|---|---|---|"]

@@ -58,6 +58,10 @@ MODEL_CARD_NAME = "MODEL_CARD.md"
 WEIGHTS_SUFFIX = ".safetensors"
 TASKS = ("esophagus", "npc", "gtv", "pet")
 MODALITIES = ("CT", "MR", "PT")
+#: ``weights_dtype`` of :func:`save_bundle` that halves the files: floating tensors are rounded to
+#: float16 (relative error ≤ 2⁻¹¹) and widened back to float32 on loading.
+HALF_PRECISION_STORAGE = "float16"
+
 REQUIRED_KEYS = (
     "format_version", "id", "name", "version", "task", "architecture", "plan", "labels", "stages",
     "modality", "training", "metrics", "intended_use", "weights", "created", "engine_version",
@@ -255,17 +259,25 @@ class ModelBundle:
 
     def load_state_dict(self, name: str, device: str | torch.device = "cpu",
                         verify: bool = False) -> dict[str, torch.Tensor]:
-        """Tensors of one weights file via safetensors (no pickle). ``verify`` re-hashes it first."""
+        """Tensors of one weights file via safetensors (no pickle). ``verify`` re-hashes it first.
+
+        Dtypes come back as saved, except in a bundle saved with ``weights_dtype=``
+        :data:`HALF_PRECISION_STORAGE`: its float16 tensors are widened to float32, the dtype they were
+        trained in, so consumers do not see the storage format.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         w = self.weight_file(name)
         _check_weights(self.path, [w], self.id, hash_files=verify)
         try:
-            return load_file(self.path / w.file, device=str(device))
+            state = load_file(self.path / w.file, device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
             raise BundleError(f"Weights file {self.path / w.file} of model '{self.id}' cannot be read "
                               f"({exc}); the bundle is corrupt: import it again.") from exc
+        if self.extra.get("weights_dtype") != HALF_PRECISION_STORAGE:
+            return state
+        return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -491,6 +503,11 @@ def load_bundle(path: str | os.PathLike, expected_task: str | None = None,
 
 # ------------------------------------------------------------------------------------------------- save
 
+def half_precision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32/float64 tensors rounded to float16; integer buffers (e.g. batch counts) unchanged."""
+    return {k: v.half() if v.dtype in (torch.float32, torch.float64) else v for k, v in state.items()}
+
+
 def _prepare_state_dict(state: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
     """CPU, dense, contiguous, unshared copies: safetensors refuses views and tensors sharing storage."""
     if not isinstance(state, Mapping) or not state:
@@ -558,15 +575,21 @@ def save_bundle(
     engine_version: str | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    weights_dtype: str | None = None,
 ) -> ModelBundle:
     """Write a bundle atomically: everything goes to a hidden sibling folder that is renamed at the end.
 
     ``weights`` maps a name (``"segmentation_lowres"``) to a state dict; each becomes
     ``<name>.safetensors`` with its sha256 and size in model.json, which is written last. An existing
     non-empty ``out_dir`` is refused unless ``overwrite``. The result is validated exactly as
-    :func:`load_bundle` would, so a bundle that saves is a bundle that loads.
+    :func:`load_bundle` would, so a bundle that saves is a bundle that loads. ``weights_dtype``
+    :data:`HALF_PRECISION_STORAGE` stores floating weights in float16 (half the size; recorded in
+    model.json as ``weights_dtype``).
     """
     from safetensors.torch import save_file
+
+    if weights_dtype not in (None, "float32", HALF_PRECISION_STORAGE):
+        raise BundleError(f"weights_dtype must be float32 or {HALF_PRECISION_STORAGE}, not {weights_dtype!r}.")
 
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "saving the model")
@@ -586,6 +609,8 @@ def save_bundle(
         "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "engine_version": engine_version or engine.__version__,
     }
+    if weights_dtype == HALF_PRECISION_STORAGE:
+        extra = {**(extra or {}), "weights_dtype": HALF_PRECISION_STORAGE}
     for k, v in (extra or {}).items():
         if k in REQUIRED_KEYS:
             raise BundleError(f"extra key '{k}' clashes with a model.json field; pass it as an argument.")
@@ -600,7 +625,10 @@ def save_bundle(
         records = []
         for file, wname in files.items():
             fpath = tmp / file
-            save_file(_prepare_state_dict(weights[wname], wname), fpath, metadata={"format": "pt"})
+            state = _prepare_state_dict(weights[wname], wname)
+            if weights_dtype == HALF_PRECISION_STORAGE:
+                state = half_precision(state)
+            save_file(state, fpath, metadata={"format": "pt"})
             records.append({"file": file, "sha256": sha256_file(fpath), "bytes": fpath.stat().st_size})
         manifest["weights"] = records
         if model_card is not None:

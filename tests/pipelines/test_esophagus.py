@@ -612,6 +612,22 @@ def test_an_ensemble_of_an_ensemble_keeps_every_classifiers_own_record(tiny, sec
     assert len(rows) == 3 and not any("–" in row for row in rows)
 
 
+def test_a_half_precision_ensemble_stages_like_the_full_precision_one(tiny, second_member, tmp_path):
+    members = [tiny["bundle"].path, second_member.path]
+    full = eso.ensemble_classifiers(members, tmp_path / "full")
+    half = eso.ensemble_classifiers(members, tmp_path / "half", weights_dtype="float16")
+    full_bytes, half_bytes = (sum(w.bytes for w in b.weights) for b in (full, half))
+    assert half_bytes < 0.6 * full_bytes
+    assert "float16" in half.read_model_card()
+    image = tiny["dataset"].training[3].load_image()
+    by_full, by_half = (eso.EsophagusPredictor(b, "cpu").predict(image, gradcam=False, tta="stage")
+                        for b in (full, half))
+    assert by_half.stage_probabilities == pytest.approx(by_full.stage_probabilities, abs=2e-3)
+    assert by_half.predicted_stage == by_full.predicted_stage
+    agree = np.mean(by_half.labels.array == by_full.labels.array)
+    assert agree > 0.995  # argmax flips only where an untrained tiny network nearly ties
+
+
 def test_cli_ensemble_writes_a_bundle_that_runs(tiny, second_member, tmp_path, capsys):
     out = tmp_path / "ensemble"
     assert cli_main(["ensemble", "--task", "esophagus", "--models", str(tiny["bundle"].path),

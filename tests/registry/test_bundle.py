@@ -93,6 +93,26 @@ def test_round_trip_keeps_values_and_dtypes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
+def test_half_precision_storage_halves_the_files_and_loads_as_float32(tmp_path):
+    from safetensors import safe_open
+
+    weights = {"net": {"w": torch.randn(64, 64, generator=torch.Generator().manual_seed(0)),
+                       "steps": torch.tensor([7], dtype=torch.int64)}}
+    full = make_bundle(tmp_path / "full", weights=weights)
+    half = make_bundle(tmp_path / "half", weights=weights, weights_dtype="float16")
+    assert half.extra["weights_dtype"] == "float16" and "weights_dtype" not in full.extra
+    with safe_open(half.weight_path("net"), "pt") as f:
+        assert f.get_tensor("w").dtype == torch.float16 and f.get_tensor("steps").dtype == torch.int64
+    assert half.weight_file("net").bytes < 0.6 * full.weight_file("net").bytes
+    state = load_bundle(half.path, verify=True).load_state_dict("net")
+    assert state["w"].dtype == torch.float32 and torch.equal(state["steps"], weights["net"]["steps"])
+    err = (state["w"] - weights["net"]["w"]).abs() / weights["net"]["w"].abs().clamp_min(1e-4)
+    assert 0 < float(err.max()) <= 2.0**-11  # rounded, within float16's half-ulp
+    with pytest.raises(BundleError, match="weights_dtype"):
+        make_bundle(tmp_path / "bad", weights=weights, weights_dtype="int8")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_recorded_sha256_and_size_match_the_files(tmp_path):
     b = make_bundle(tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "model.json").read_text())
