@@ -93,7 +93,8 @@ class Preprocessor:
         if not self.crop_to_foreground:
             box = [[0, n] for n in ref.shape]
         elif shared.foreground_box is None:
-            box = shared.foreground_box = cropping.foreground_box(ref.array, ref.modality or self.plan.modality)
+            box = shared.foreground_box = cropping.foreground_box(ref.array,
+                                                                  ref.modality or self.plan.modality)
         else:
             box = shared.foreground_box
         target = list(self.config.spacing)

@@ -79,7 +79,8 @@ def resample_to_grid(image: Image, shape: Sequence[int], spacing: Sequence[float
     return result
 
 
-def _extrapolate_edge_values(result: Image, image: Image, shape: Sequence[int], spacing: Sequence[float]) -> None:
+def _extrapolate_edge_values(result: Image, image: Image, shape: Sequence[int],
+                             spacing: Sequence[float]) -> None:
     """Where the output grid runs more than half a voxel past the input (ITK's "outside the buffer"),
     the extrapolator repeats the nearest *coefficient*; put the nearest image value there instead, as
     plain B-spline resampling does. Both grids start at the same origin, so only the far ends can lie

@@ -589,7 +589,8 @@ def save_bundle(
     from safetensors.torch import save_file
 
     if weights_dtype not in (None, "float32", HALF_PRECISION_STORAGE):
-        raise BundleError(f"weights_dtype must be float32 or {HALF_PRECISION_STORAGE}, not {weights_dtype!r}.")
+        raise BundleError(f"weights_dtype must be float32 or {HALF_PRECISION_STORAGE}, "
+                          f"not {weights_dtype!r}.")
 
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite, "saving the model")
