@@ -902,11 +902,24 @@ class EsophagusPredictor:
         self.whole_size = arch.get("whole_volume_size")
         self.num_classes = len(self.plan.labels)
 
+    def _segmentation_features(self, seg_crop: torch.Tensor) -> list[torch.Tensor] | None:
+        """The segmentation encoder's features of the crop, which the attention gates read. Every member
+        shares the one segmentation network, so an ensemble computes them once, not once per member."""
+        first = self.members[0]
+        return first.segmentation.encoder(seg_crop) if first.classifier.uses_attention else None
+
+    def _member_logits(self, ct_crop: torch.Tensor, seg_crop: torch.Tensor) -> torch.Tensor:
+        """(members, stages) logits of one crop: row k is ``members[k].classify(ct_crop, seg_crop)``."""
+        features = self._segmentation_features(seg_crop)
+        return torch.cat([m.classifier(ct_crop, features) for m in self.members])
+
     def _grad_cam(self, crop: torch.Tensor, stage_index: int) -> np.ndarray:
         """Grad-CAM of the predicted stage on the crop (0–1); for an ensemble, the mean of its members'
         maps renormalised, so regions that all classifiers rely on stay brightest."""
+        with torch.no_grad():  # constants for the maps: only the classifier's own layers are explained
+            features = self._segmentation_features(crop)
         maps = [grad_cam(m, m.classifier.last_conv_stage, (crop,), class_index=stage_index,
-                         forward=lambda x, m=m: m.classify(x[:, :1], x)).cam for m in self.members]
+                         forward=lambda x, m=m: m.classifier(x[:, :1], features)).cam for m in self.members]
         cam = np.mean(np.asarray(maps, dtype=np.float32), axis=0)
         peak = float(cam.max())
         return cam / peak if peak > 0 else cam
@@ -956,8 +969,8 @@ class EsophagusPredictor:
                 inputs = (crop[:, :1].to(device), crop.to(device))
                 axes = CLASSIFIER_MIRROR_AXES if tta != "none" else ()
                 # an ensemble stages by the mean of its classifiers' (mirrored) probabilities
-                per_member = torch.stack([mirrored_class_probabilities(m.classify, inputs, axes)[0]
-                                          for m in self.members]).cpu().numpy().astype(np.float64)
+                per_member = mirrored_class_probabilities(self._member_logits, inputs,
+                                                          axes).cpu().numpy().astype(np.float64)
             per_member /= per_member.sum(axis=1, keepdims=True)
             p = per_member.mean(axis=0)
         cam_image = None

@@ -20,6 +20,7 @@ from engine.cli import main as cli_main
 from engine.data.dataset import RawDataset
 from engine.data.splits import dataset_splits
 from engine.errors import BundleError, Cancelled, EngineError, ImageError, TrainingError
+from engine.explain.gradcam import grad_cam
 from engine.inference.krt import bbox_centre, crop_box, krt_box
 from engine.io.image import Image, read_image, write_image
 from engine.io.segmentation_nrrd import read_segmentation_nrrd
@@ -573,6 +574,14 @@ def test_ensemble_gradcam_is_the_renormalised_mean_of_its_members_maps(tiny, sec
         total = maps[0] + maps[1]
         expected = total / total.max() if total.max() > 0 else total
         np.testing.assert_allclose(ensemble._grad_cam(crop, stage), expected, atol=1e-5)
+        # each member's map is its classify() explained end to end (the shared encoder runs once)
+        net = singles[1].net
+        direct = grad_cam(net, net.classifier.last_conv_stage, (crop,), class_index=stage,
+                          forward=lambda x: net.classify(x[:, :1], x)).cam
+        np.testing.assert_allclose(maps[1], direct, atol=1e-5)
+    with torch.no_grad():  # one pass of the shared encoder gives every member's logits
+        expected_logits = torch.cat([m.classify(crop[:, :1], crop) for m in ensemble.members])
+        np.testing.assert_allclose(ensemble._member_logits(crop[:, :1], crop), expected_logits, atol=1e-5)
     cam = ensemble.predict(tiny["dataset"].training[2].load_image()).gradcam.array
     assert cam.min() >= 0 and cam.max() <= 1
 
