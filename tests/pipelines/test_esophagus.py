@@ -101,13 +101,13 @@ def test_stage_probabilities_average_the_in_plane_mirrorings_of_the_crop(tiny, m
     predictor = tiny["predictor"]
     image = tiny["dataset"].training[1].load_image()
     calls = []
-    classify = predictor.net.classify
+    classify, member_logits = predictor.net.classify, predictor._member_logits
 
     def recording(ct, seg_input):
         calls.append((ct.clone(), seg_input.clone()))
-        return classify(ct, seg_input)
+        return member_logits(ct, seg_input)
 
-    monkeypatch.setattr(predictor.net, "classify", recording)
+    monkeypatch.setattr(predictor, "_member_logits", recording)
     plain = predictor.predict(image, gradcam=False, tta="none")
     assert len(calls) == 1 and plain.test_time_augmentation["stage_classification"] == "none"
     ct, seg_input = calls[0]
