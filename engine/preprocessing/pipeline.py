@@ -18,7 +18,8 @@ from engine.io.image import Image
 from engine.planning.planner import Configuration, Plan
 from engine.preprocessing import crop as cropping
 from engine.preprocessing.normalize import normalize
-from engine.preprocessing.resample import resample_to_grid, resampled_shape, spline_coefficients
+from engine.preprocessing.resample import (is_on_grid, resample_to_grid, resampled_shape,
+                                          spline_coefficients)
 
 
 @dataclass
@@ -121,8 +122,8 @@ class Preprocessor:
     @staticmethod
     def _resampled(cropped: Image, shape: list[int], spacing: list[float],
                    coefficients: dict[tuple, sitk.Image], key: tuple) -> Image:
-        if tuple(shape) == cropped.shape and np.allclose(spacing, cropped.spacing, rtol=0, atol=1e-9):
-            return resample_to_grid(cropped, shape, spacing)  # already on the grid: a copy
+        if is_on_grid(cropped, shape, spacing):  # a copy: no coefficients needed
+            return resample_to_grid(cropped, shape, spacing)
         if key not in coefficients:
             coefficients[key] = spline_coefficients(cropped)
         return resample_to_grid(cropped, shape, spacing, coefficients=coefficients[key])

@@ -23,6 +23,11 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing:
     return [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing)]
 
 
+def is_on_grid(image: Image, shape: Sequence[int], spacing: Sequence[float]) -> bool:
+    """Whether the image already has this (z, y, x) shape and spacing, so resampling is a copy."""
+    return tuple(shape) == image.shape and np.allclose(spacing, image.spacing, rtol=0, atol=1e-9)
+
+
 def spline_coefficients(image: Image) -> sitk.Image:
     """The image's cubic B-spline coefficients.
 
@@ -43,7 +48,7 @@ def resample_to_grid(image: Image, shape: Sequence[int], spacing: Sequence[float
     ``coefficients``: the image's :func:`spline_coefficients`, reused instead of recomputed (cubic
     B-spline image resampling only).
     """
-    if tuple(shape) == image.shape and np.allclose(spacing, image.spacing, rtol=0, atol=1e-9):
+    if is_on_grid(image, shape, spacing):
         return Image(image.array.copy(), image.spacing, image.origin, image.direction, image.modality)
     if coefficients is not None and (is_label or order not in (None, 3)):
         raise ValueError("B-spline coefficients only serve cubic B-spline image resampling")
