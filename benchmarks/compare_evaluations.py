@@ -4,6 +4,9 @@ Reads the ``metrics.json`` that ``python -m engine evaluate`` wrote for each mod
 Markdown table: macro one-vs-rest AUC with its CI and accuracy as reported, and, against the first
 model, the paired difference in macro AUC with a case-resampling bootstrap CI and McNemar's test on
 per-case correctness. Pairing matters: with 40 cases the unpaired CIs overlap for almost any pair.
+When the evaluations hold per-case segmentation scores, a second table gives each structure's mean Dice
+and its paired difference to the first model (same bootstrap resamples), with the cases scoring higher
+and lower.
 
     python benchmarks/compare_evaluations.py full=EVAL_DIR no-transfer=EVAL_DIR2 ... [--bootstrap 2000]
 
@@ -58,6 +61,45 @@ def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(macro.auc)
 
 
+def dice_by_structure(run: Evaluation, ids: list[str]) -> dict[str, np.ndarray] | None:
+    """Per-case Dice of each structure (cases in ``ids`` order), or None without segmentation scores.
+    A case whose Dice is undefined (both masks empty) is NaN and left out of means and differences."""
+    if not all(run.cases[i].get("structures") for i in ids):
+        return None
+    names = list(run.cases[ids[0]]["structures"])
+    return {n: np.array([np.nan if (d := run.cases[i]["structures"][n].get("dice")) is None else d
+                         for i in ids], dtype=float) for n in names}
+
+
+def print_dice_table(runs: list[Evaluation], ids: list[str], samples: list[np.ndarray]) -> None:
+    """Mean Dice per structure and over structures; for every run after the first, the paired
+    difference to the first with its bootstrap CI and how many cases score higher / lower."""
+    dice = {run.name: dice_by_structure(run, ids) for run in runs}
+    if any(d is None for d in dice.values()):
+        return
+    ref = runs[0].name
+    structures = list(dice[ref])  # type: ignore[arg-type]
+    for d in dice.values():
+        per_case = np.stack([d[n] for n in structures])  # type: ignore[index]
+        d["mean over structures"] = np.nanmean(per_case, axis=0)  # type: ignore[index]
+    columns = structures + ["mean over structures"]
+    print()
+    print(f"| variant | {' | '.join(f'Dice {c}' for c in columns)} |")
+    print("|---|" + "---|" * len(columns))
+    for run in runs:
+        cells = []
+        for c in columns:
+            x, r = dice[run.name][c], dice[ref][c]  # type: ignore[index]
+            cell = f"{np.nanmean(x):.3f}"
+            if run.name != ref:
+                d = x - r
+                lo, hi = np.nanpercentile([np.nanmean(d[b]) for b in samples], [2.5, 97.5])
+                cell += (f" (Δ {np.nanmean(d):+.3f}, {lo:+.3f} to {hi:+.3f}; "
+                         f"{int(np.sum(d > 0))} higher / {int(np.sum(d < 0))} lower)")
+            cells.append(cell)
+        print(f"| {run.name} | {' | '.join(cells)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="NAME=EVAL_DIR[#K]",
@@ -103,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = np.nanpercentile(boot, [2.5, 97.5])
         p_value = mcnemar_test(correct[ref], correct[name]).p_value
         print(row + f"{diff:+.3f} ({lo:+.3f} to {hi:+.3f}) | {p_value:.3f} |")
+    print_dice_table(runs, ids, samples)
     return 0
 
 

@@ -71,3 +71,32 @@ def test_an_ensemble_member_is_compared_on_its_own_probabilities(tmp_path, capsy
     assert float(row[4].split("(")[0]) == pytest.approx(-1 / 3, abs=5e-4)  # as the swapped run above
     with pytest.raises(SystemExit, match="2 ensemble member"):
         compare.main([f"ens={ensemble}", f"third={ensemble}#3"])
+
+
+def _add_dice(folder: Path, ec: list[float | None], aorta: float = 0.9) -> None:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for case, d in zip(metrics["cases"], ec):
+        case["structures"] = {"EC": {"dice": d}, "aorta": {"dice": aorta}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_paired_dice_per_structure_against_the_reference(tmp_path, capsys):
+    ref, new = _write(tmp_path / "ref", TRUTH), _write(tmp_path / "new", TRUTH)
+    _add_dice(ref, [0.5] * 7 + [None])  # the last case: both masks empty, Dice undefined
+    _add_dice(new, [0.7, 0.7, 0.7, 0.7, 0.5, 0.5, 0.4, None])
+    assert compare.main([f"ref={ref}", f"new={new}", "--bootstrap", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = lines.index("| variant | Dice EC | Dice aorta | Dice mean over structures |")
+    assert lines[header + 2] == "| ref | 0.500 | 0.900 | 0.725 |"  # mean over structures: (7·0.7 + 0.9)/8
+    ec = lines[header + 3].split("|")[2]
+    # by hand over the 7 defined cases: mean 4.2/7 = 0.600, Δ = (4·0.2 − 0.1)/7 = +0.100
+    assert ec.startswith(" 0.600 (Δ +0.100, ") and ec.endswith("; 4 higher / 1 lower) ")
+    lo, hi = (float(v) for v in ec.split(", ")[1].split(";")[0].split(" to "))
+    assert -0.1 < lo < 0.1 < hi <= 0.2 + 1e-9
+
+
+def test_no_dice_table_without_segmentation_scores(tmp_path, capsys):
+    a, b = _write(tmp_path / "a", TRUTH), _write(tmp_path / "b", TRUTH)
+    _add_dice(a, [0.5] * 8)  # only one of the two has them
+    assert compare.main([f"a={a}", f"b={b}", "--bootstrap", "20"]) == 0
+    assert "Dice" not in capsys.readouterr().out
