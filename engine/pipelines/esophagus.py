@@ -1114,15 +1114,14 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
         raise Cancelled("Segment & Stage cancelled; nothing was written")
     t_write = time.perf_counter()
 
-    def write_report(path: Path) -> None:  # last, so the write time of the other files is included
+    def write_report(path: Path) -> None:  # after the others, so their write time is included
         report["timings_s"] = {**report["timings_s"], "write": round(time.perf_counter() - t_write, 3),
                                "total": round(time.perf_counter() - t0, 3)}
         outputs.write_json(path, report)
 
-    writers[outputs.REPORT_FILE] = write_report
     if overwrite and prediction.gradcam is None and (out / outputs.GRADCAM_FILE).exists():
         (out / outputs.GRADCAM_FILE).unlink()  # a stale heat map must not pass for this run's
-    files = outputs.write_all(out, writers)
+    files = outputs.write_all(out, writers, last={outputs.REPORT_FILE: write_report})
     log.info("Segment & Stage: %s → %s (%s)", source, prediction.predicted_stage, out)
     return StagingResult(out, files, report, prediction)
 
