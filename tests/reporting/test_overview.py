@@ -94,3 +94,22 @@ def test_mismatched_heat_map_is_refused(tmp_path):
     with pytest.raises(ValueError, match="heat map shape"):
         render_overview(image, labels, np.zeros((4, 4, 4)), SEGMENTS, None, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scan_already_in_lps_order_is_drawn_as_dicomorient_would_give_it():
+    """The identity-direction shortcut must give exactly what reorienting with DICOMOrient gives."""
+    import SimpleITK as sitk
+
+    from engine.reporting.overview import _orient_lps
+
+    rng = np.random.default_rng(0)
+    geometry = {"spacing": (2.0, 0.8, 0.7), "origin": (-5.0, 3.0, 1.0), "direction": np.eye(3)}
+    image = Image(rng.normal(0, 100, (6, 9, 11)).astype(np.int16), modality="CT", **geometry)
+    labels = Image(rng.integers(0, 3, (6, 9, 11)).astype(np.uint8), **geometry)
+    heat = rng.uniform(-0.5, 1.5, (6, 9, 11))
+    volume, label_map, heat_map = _orient_lps(image, labels, heat)
+    reoriented = sitk.GetArrayFromImage(sitk.DICOMOrient(image.to_sitk(), "LPS"))
+    assert volume.array.dtype == np.float32 and np.array_equal(volume.array, reoriented)
+    assert np.array_equal(label_map.array, sitk.GetArrayFromImage(sitk.DICOMOrient(labels.to_sitk(), "LPS")))
+    assert heat_map.dtype == np.float32 and heat_map.min() == 0.0 and heat_map.max() == 1.0  # clipped
+    assert np.allclose(heat_map, np.clip(heat, 0, 1), atol=1e-7)
