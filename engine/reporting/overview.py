@@ -108,7 +108,7 @@ def _orient_lps(image: Image, labels: Image, heatmap: np.ndarray | None) -> tupl
     whatever the scan's storage order; then every view can be drawn the same way. A scan stored in
     that order already (identity direction, most CTs) is drawn as it is: reorienting three whole
     volumes only to copy them took a quarter of the figure's time."""
-    if np.array_equal(np.asarray(image.direction, dtype=float).reshape(3, 3), np.eye(3)):
+    if all(np.array_equal(np.asarray(v.direction, float).reshape(3, 3), np.eye(3)) for v in (image, labels)):
         heat = None if heatmap is None else np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
         return image.with_array(np.asarray(image.array, np.float32)), labels, heat
 
