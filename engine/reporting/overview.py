@@ -105,14 +105,13 @@ def render_overview(
 
 def _orient_lps(image: Image, labels: Image, heatmap: np.ndarray | None) -> tuple[Image, Image, np.ndarray | None]:
     """Reorder/flip axes so that x → patient left, y → posterior, z → superior (DICOMOrient "LPS"),
-    whatever the scan's storage order; then every view can be drawn the same way. A scan stored in
-    that order already (identity direction, most CTs) is drawn as it is: reorienting three whole
-    volumes only to copy them took a quarter of the figure's time."""
-    if all(np.array_equal(np.asarray(v.direction, float).reshape(3, 3), np.eye(3)) for v in (image, labels)):
-        heat = None if heatmap is None else np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
-        return image.with_array(np.asarray(image.array, np.float32)), labels, heat
+    whatever the scan's storage order; then every view can be drawn the same way. A volume stored in
+    that order already (identity direction, most CTs) is kept as it is: reorienting three whole volumes
+    only to copy them took a quarter of the figure's time."""
 
     def orient(volume: Image, dtype) -> Image:
+        if np.array_equal(np.asarray(volume.direction, float).reshape(3, 3), np.eye(3)):
+            return volume.with_array(np.asarray(volume.array, dtype or volume.array.dtype))
         oriented = sitk.DICOMOrient(volume.to_sitk(), "LPS")
         return Image.from_sitk(oriented, dtype=dtype, modality=volume.modality)
 
