@@ -1,4 +1,4 @@
-"""benchmarks/openkbp_comparison.py: split, scoring and summary on hand-made cases, and one tiny
+"""benchmarks/realdata_comparison.py: split, scoring and summary on hand-made cases, and one tiny
 end-to-end run on OpenKBP-shaped synthetic patients (not timed; numbers checked for consistency)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from engine.io.image import Image, write_image
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "openkbp_comparison.py"
-SPEC = importlib.util.spec_from_file_location("openkbp_comparison", SCRIPT)
+SCRIPT = REPO / "benchmarks" / "realdata_comparison.py"
+SPEC = importlib.util.spec_from_file_location("realdata_comparison", SCRIPT)
 okbp = importlib.util.module_from_spec(SPEC)
 sys.modules[SPEC.name] = okbp  # dataclasses look their module up while the file executes
 SPEC.loader.exec_module(okbp)

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_model, save_model  # noqa: E402
 from torch import nn  # noqa: E402
 
-log = logging.getLogger("openkbp_comparison")
+log = logging.getLogger("realdata_comparison")
 
 METHODS = ("ours", "baseline")
 #: Per method in OUT/work/<method>/: trained weights, training wall time (s) summed over resumes.
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                    "patch_size": cfg.patch_size, "spacing_mm": cfg.spacing, "features": spec.features,
                    "sliding_window": {"overlap": 0.5, "mode": "gaussian", "mirroring": False}},
         "methods": descriptions, "train_time_s": times, "hardware": hardware(),
-        "command": "python benchmarks/openkbp_comparison.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/realdata_comparison.py " + " ".join(sys.argv[1:]),
         "organs": list(organs), "per_case": per_case, "summary": summarise(per_case, list(organs)),
     }
     (out / "results.json").write_text(json.dumps(json_value(result), indent=1))
