@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -63,9 +63,8 @@ def write_all(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]],
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     names = [*writers, *(last or {})]
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:  # leaving it waits for all
             futures = [pool.submit(writer, staging / name) for name, writer in writers.items()]
-            wait(futures)
         for future in futures:
             future.result()  # the first writer's error, raised after all have finished
         for name, writer in (last or {}).items():
