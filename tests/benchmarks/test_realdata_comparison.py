@@ -88,6 +88,14 @@ def test_dynunet_deep_supervision_outputs_become_a_list_in_training_only():
     assert loss.weights == [1.0, 0.5] and opt.name == "sgd" and opt.nesterov and sched.name == "poly"
 
 
+def test_baseline_keeps_nnunet_widths_unless_told():
+    """nnU-Net's SGD recipe is only run at its own widths by default (docs/results.md: at 8 → 64 it does
+    not leave the all-background start), whatever widths our network is narrowed to."""
+    args = okbp.parse_args(["--out", "x", "--base-features", "8", "--max-features", "64"])
+    assert args.baseline_features == [32, 320] and (args.base_features, args.max_features) == (8, 64)
+    assert okbp.parse_args(["--out", "x", "--baseline-features", "8", "64"]).baseline_features == [8, 64]
+
+
 def _openkbp_like(root: Path, patients: int) -> Path:
     """pt_N/{ct,labels}.nii.gz with two box organs (1 Brainstem, 7 Mandible) in a soft-tissue body."""
     rng = np.random.default_rng(0)
@@ -112,7 +120,7 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     out = tmp_path / "run"
     args = ["--source", str(source), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
             "--patch", "16", "16", "16", "--batch-size", "2", "--base-features", "4", "--max-features", "8",
-            "--holdout", "0.34", "--device", "cpu", "--seed", "1"]
+            "--baseline-features", "2", "4", "--holdout", "0.34", "--device", "cpu", "--seed", "1"]
     # in pieces, as under a per-command time limit: stopped at once, resumed, one method at a time
     assert okbp.main(args + ["--methods", "ours", "--time-limit", "1e-9"]) == 3
     assert not (out / "work" / "ours" / okbp.FINAL_WEIGHTS).exists()
@@ -124,7 +132,10 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     assert result["train_time_s"]["ours"] == pytest.approx(ours_time, abs=0.1)
     test, train = result["split"]["test"], result["split"]["train"]
     assert len(test) == 2 and len(train) == 4 and set(test).isdisjoint(train)
-    assert result["budget"]["patch_size"] == [16, 16, 16] and result["budget"]["features"][0] == 4
+    assert result["budget"]["patch_size"] == [16, 16, 16]
+    widths = result["budget"]["features"]
+    assert widths["ours"][:2] == [4, 8] and widths["baseline"][:2] == [2, 4]  # each method its own widths
+    assert result["methods"]["baseline"]["features"] == widths["baseline"]
     for method in ("ours", "baseline"):
         assert set(result["per_case"][method]) == set(test)
         for scores in result["per_case"][method].values():
@@ -136,5 +147,9 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     assert "| Brainstem | 2 |" in table and "mean over organs" in table
     with pytest.raises(SystemExit, match="--overwrite"):  # a finished run is never replaced silently
         okbp.main(args)
+    (out / "results.json").unlink()
+    with pytest.raises(SystemExit, match=r"widths \[2, 4.*--baseline-features"):  # not reused at other widths
+        okbp.main(args + ["--baseline-features", "4", "8", "--resume"])  # the last one given counts
+    assert not (out / "results.json").exists()
     assert okbp.main(args + ["--methods", "baseline", "--overwrite"]) == 3  # starts over: ours is gone
     assert not (out / "results.json").exists() and not (out / "work" / "ours").exists()
