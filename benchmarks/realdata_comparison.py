@@ -7,7 +7,7 @@ foreground voxel), augmentation, seed, training cases, and the same sliding-wind
 0.5, gaussian blending, no test-time mirroring, no post-processing). They differ in exactly what each
 method prescribes, channel widths included: the baseline keeps nnU-Net's 32 → 320 unless
 ``--baseline-features`` says otherwise, because nnU-Net's SGD recipe does not leave its all-background
-start at narrow widths (8 → 64 stays there for 1,000 iterations where 32 → 320 starts within 150;
+start at narrow widths (8 → 64 stays there for 1,000 iterations where nnU-Net's widths start within 150;
 docs/results.md), so narrowing it would compare against a recipe nnU-Net never runs.
 
 - **ours**: the residual encoder–decoder of nn-MTNet (the segmentation network ``engine train`` builds),
@@ -116,7 +116,7 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def check_widths(work: Path, method: str, features: Sequence[int]) -> None:
-    """Refuse to resume or reuse a training made with other channel widths (recorded on first use)."""
+    """Refuse to resume or reuse a training made with other channel widths (train_method records them)."""
     record = work / WIDTHS  # written by train_method; absent for runs made before it was
     if record.is_file() and (earlier := json.loads(record.read_text())) != list(features):
         flag = "--baseline-features" if method == "baseline" else "--base-features/--max-features"
