@@ -231,13 +231,13 @@ def summarise(per_case: dict[str, dict[str, dict[str, dict[str, float]]]], organ
 
 
 def markdown(result: dict[str, Any]) -> str:
-    s, budget = result["summary"], result["budget"]
+    s, budget, methods = result["summary"], result["budget"], result["methods"]
     n_test, n_train = len(result["split"]["test"]), len(result["split"]["train"])
     lines = [f"Hold-out: {n_test} of {n_test + n_train} cases; budget per method: "
              f"{budget['epochs']} epochs × {budget['steps_per_epoch']} iterations, "
              f"batch {budget['batch_size']}, patch {'×'.join(map(str, budget['patch_size']))} at "
              f"{'×'.join(f'{v:g}' for v in budget['spacing_mm'])} mm, widths ours "
-             f"{budget['features']['ours']}, baseline {budget['features']['baseline']}; "
+             f"{methods['ours']['features']}, baseline {methods['baseline']['features']}; "
              f"training time ours {result['train_time_s']['ours']:.0f} s, baseline "
              f"{result['train_time_s']['baseline']:.0f} s on {result['hardware']['processor']} "
              f"({result['hardware']['torch_threads']} threads"
@@ -376,7 +376,6 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
                    "batch_size": cfg.batch_size,
                    "patch_size": cfg.patch_size, "spacing_mm": cfg.spacing,
-                   "features": {m: specs[m].features for m in METHODS},
                    "sliding_window": {"overlap": 0.5, "mode": "gaussian", "mirroring": False}},
         "methods": descriptions, "train_time_s": times, "hardware": hardware(),
         "command": "python benchmarks/realdata_comparison.py " + " ".join(sys.argv[1:]),

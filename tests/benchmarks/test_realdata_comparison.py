@@ -133,9 +133,9 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     test, train = result["split"]["test"], result["split"]["train"]
     assert len(test) == 2 and len(train) == 4 and set(test).isdisjoint(train)
     assert result["budget"]["patch_size"] == [16, 16, 16]
-    widths = result["budget"]["features"]
+    widths = {m: result["methods"][m]["features"] for m in okbp.METHODS}
     assert widths["ours"][:2] == [4, 8] and widths["baseline"][:2] == [2, 4]  # each method its own widths
-    assert result["methods"]["baseline"]["features"] == widths["baseline"]
+    assert "widths ours [4, 8" in (out / "results.md").read_text()
     for method in ("ours", "baseline"):
         assert set(result["per_case"][method]) == set(test)
         for scores in result["per_case"][method].values():
