@@ -129,7 +129,8 @@ def engine_trainer_config(args: argparse.Namespace, work: Path, batch: int):
     clipping), taken from the pipeline itself so that "ours" cannot drift from what users train."""
     from engine.pipelines.esophagus import TrainOptions, _trainer_config
 
-    options = TrainOptions(seed=args.seed, device=args.device, val_every=max(1, args.epochs))
+    options = TrainOptions(seed=args.seed, device=args.device, val_every=max(1, args.epochs),
+                           num_workers=args.num_workers)
     return _trainer_config(options, work, args.epochs, batch, options.lr, "train_loss", "min",
                            args.steps_per_epoch)
 
@@ -408,6 +409,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "recipe does not train at narrow widths such as 8 64)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="patch-loading processes per training (default 0: in the training process); on a GPU "
+                        "the augmentation otherwise bounds the speed. Each count is reproducible on its own, "
+                        "but different counts draw different patches")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="train only these now (scoring waits until both are trained); default both")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",

@@ -96,6 +96,16 @@ def test_baseline_keeps_nnunet_widths_unless_told():
     assert okbp.parse_args(["--out", "x", "--baseline-features", "8", "64"]).baseline_features == [8, 64]
 
 
+
+def test_patch_loading_processes_reach_the_trainer(tmp_path):
+    """--num-workers (for a GPU, where augmentation in the training process bounds the speed) is passed
+    through; the default keeps loading in the training process, as the recorded CPU runs did."""
+    default = okbp.parse_args(["--out", str(tmp_path)])
+    assert okbp.engine_trainer_config(default, tmp_path, 2).num_workers == 0
+    args = okbp.parse_args(["--out", str(tmp_path), "--num-workers", "6", "--epochs", "3"])
+    cfg = okbp.engine_trainer_config(args, tmp_path, 2)
+    assert cfg.num_workers == 6 and cfg.epochs == 3 and cfg.batch_size == 2
+
 def _openkbp_like(root: Path, patients: int) -> Path:
     """pt_N/{ct,labels}.nii.gz with two box organs (1 Brainstem, 7 Mandible) in a soft-tissue body."""
     rng = np.random.default_rng(0)
