@@ -4,18 +4,19 @@ For every labelled case of a dataset (optionally a listed subset) it scores the 
 segmentation against the reference and splits the error:
 
 - Dice, Dice with every false positive removed, Dice with every false negative recovered;
-- the share of wrong voxels within one voxel of the reference tumour's surface (a boundary
-  disagreement) as opposed to whole regions;
+- the share of wrong voxels on the reference tumour's surface or one face-neighbour step from it (a
+  boundary disagreement) as opposed to whole regions;
 - false positives by the reference label they cover (e.g. esophageal wall), as multiples of the
   reference tumour's volume.
 
-It also measures a **located-intensity bound**, independent of any model: inside the region R — the
-reference tumour dilated by ``--region-voxels`` within the esophagus labels, where a model's confusion
-lies — the soft-tissue HU (Gaussian-smoothed within soft tissue at each ``--sigma-mm``, so lumen air does
-not bleed in) is thresholded at the threshold that is best for that case. It says how well the tumour's
-extent can be read from voxel intensity alone when its location is given; a model also has shape and
-context, so it can exceed it (and does, for T3/T4 masses), but a stage whose bound is low is limited by
-the image, not by the model.
+It also measures a **located-intensity bound**, independent of any model. Inside the region R where a
+model's confusion lies — the reference tumour dilated ``--region-voxels`` times by the 3×3×3 cube, within
+the esophagus labels (tumour, wall and lumen) — the soft-tissue HU, Gaussian-smoothed within soft tissue
+at each ``--sigma-mm`` (so lumen air does not bleed in), is cut at the threshold best for that case. It
+says how well the tumour's extent can be read from intensity alone once its location is known. It is
+not a strict ceiling (a model also has shape and context, and no location given), but where a model is
+well below it the image holds information the model does not use yet, and where it is low intensity
+cannot make up the difference.
 
     python benchmarks/tumour_errors.py DATASET --model MODEL --out DIR [--cases FILE] [--tta all]
     python benchmarks/tumour_errors.py DATASET --out DIR --no-model        # the bound alone (fast)
@@ -63,7 +64,7 @@ def tumour_error_scores(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int
     fp, fn = int(fp_mask.sum()), int(fn_mask.sum())
     n_ref = max(int(ref_t.sum()), 1)
     surface = ref_t ^ ndi.binary_erosion(ref_t)
-    near_surface = ndi.binary_dilation(surface, np.ones((3, 3, 3), bool))
+    near_surface = ndi.binary_dilation(surface)  # one face-neighbour step from the surface
     wrong = fp_mask | fn_mask
     return {
         "dice": dice_from_counts(tp, fp, fn),
