@@ -43,6 +43,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the engi
 import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
+from engine.cli import TTA_CHOICES  # noqa: E402
+
 log = logging.getLogger("tumour_errors")
 
 TUMOUR, ESOPHAGUS = "EC", "esophagus"
@@ -164,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="EsophagusStaging bundle folder/zip or installed id")
     p.add_argument("--no-model", action="store_true", help="only the located-intensity bound, no predictions")
     p.add_argument("--cases", help="text file of case ids to use (whitespace-separated; default: all)")
-    p.add_argument("--tta", choices=("all", "stage", "none"), default="all", help="as for engine run")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="all", help="as for engine run")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--sigma-mm", type=float, nargs="+", default=[0.0, 2.0, 4.0],
                    help="smoothing widths of the intensity bound (0: raw voxels)")
@@ -180,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from engine.data.dataset import RawDataset
+    from engine.errors import EngineError
     from engine.pipelines import esophagus as pipeline
 
     dataset = RawDataset.load(args.data)
@@ -195,22 +198,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"error: {args.cases} lists case(s) with no labelled case in {args.data}: "
                              f"{', '.join(unknown[:5])}")
-        cases = [c for c in cases if c.case_id in set(wanted)]
+        keep = set(wanted)
+        cases = [c for c in cases if c.case_id in keep]
+    if not cases:
+        raise SystemExit(f"error: no labelled case to analyse in {args.data}")
     predictor = (None if args.no_model
                  else pipeline.EsophagusPredictor(pipeline.load_model(args.model), args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, case in enumerate(cases):
         start = time.time()
-        image, label = case.load_image(), case.load_label()
-        ref = label.array.astype(np.uint8)
+        image = case.load_image()
+        try:  # the bound and the scores compare voxel by voxel: the label must lie on the image's grid
+            ref = case.load_label(reference=image).array
+        except EngineError as e:
+            raise SystemExit(f"error: {e} Resample the labels onto their image first.") from None
         row: dict[str, Any] = {"case_id": case.case_id, "stage": case.stage}
         if predictor is not None:
             pred = predictor.predict(image, gradcam=False, tta=args.tta).labels.array.astype(np.uint8)
-            if pred.shape != ref.shape:
-                raise SystemExit(f"error: {case.case_id}: the label map's grid {ref.shape} is not the "
-                                 f"image's {pred.shape}; resample the labels onto their image first")
             row["scores"] = tumour_error_scores(pred, ref, labels)
         row["intensity_bound"] = located_intensity_bound(image.array, ref, image.spacing, labels,
                                                          args.sigma_mm, args.region_voxels)
@@ -218,13 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         dice = f"Dice {row['scores']['dice']:.3f}, " if "scores" in row else ""
         log.info("[%d/%d] %s %s: %sbound %s (%.1f s)", i + 1, len(cases), case.case_id, case.stage, dice,
                  {k: round(v, 3) for k, v in row["intensity_bound"].items()}, time.time() - start)
-    if not rows:
-        raise SystemExit(f"error: no labelled case to analyse in {args.data}")
     summary = summarise(rows)
     sigmas = [f"{s:g}" for s in args.sigma_mm]
     settings = {"data": str(args.data), "model": args.model, "tta": None if args.no_model else args.tta,
                 "sigma_mm": args.sigma_mm, "region_voxels": args.region_voxels}
     result = {"settings": settings, "summary": summary, "cases": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "tumour_errors.json").write_text(json.dumps(result, indent=1))
     table = markdown(summary, sigmas)
     (out / "tumour_errors.md").write_text(table)

@@ -138,3 +138,17 @@ def test_refuses_unknown_cases_and_a_missing_model_choice(tmp_path):
     with pytest.raises(SystemExit):
         errors.main([str(data), "--out", str(tmp_path / "o")])  # neither --model nor --no-model
     assert not (tmp_path / "o" / "tumour_errors.json").exists()
+
+
+def test_refuses_a_label_map_off_its_images_grid(tmp_path):
+    import SimpleITK as sitk
+
+    data = _phantoms(tmp_path)
+    label_file = data / "labelsTr" / "esophagus_001.nii.gz"
+    label = sitk.ReadImage(str(label_file))
+    label.SetOrigin([c + 5.0 for c in label.GetOrigin()])  # same shape, shifted 5 mm
+    sitk.WriteImage(label, str(label_file))
+    with pytest.raises(SystemExit, match="esophagus_001.*geometry"):
+        errors.main([str(data), "--out", str(tmp_path / "o"), "--no-model"])
+    assert not (tmp_path / "o").exists()  # nothing written, not even the folder
+
