@@ -25,7 +25,11 @@ whose edge inside the wall was invisible, so its extent could not be learnt from
 A T1/T2 tumour thickens the wall over its footprint (:class:`~engine.synth.thorax.WallThickening`:
 the outer wall moves out by 2.5–5 mm for T1, 3.5–7 mm for T2, at most half the fat gap to the
 nearest organ), because on CT focal wall thickening is the main sign of an intramural tumour.
-Depths and the stage rule are measured in undeformed radii, so the thickening never changes a stage.
+The thickening is the tumour's own mass (version 4): the band from the lumen to the tumour's depth
+stretches, and the wall layers beyond it are pushed out with their thickness kept. (In versions 2–3
+the whole wall stretched, so a thickened muscularis, labelled wall, took most of the bulge around a
+thin tumour — a mass effect no tumour has.) Depths and the stage rule are measured in undeformed
+radii, so the thickening never changes a stage.
 
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
 (≈ 4 mm per layer instead of ≈ 2 mm): deliberately, so invasion depth stays visible.
@@ -64,8 +68,9 @@ PHASE = "venous"
 #: tumour is low-contrast — visible as a region, not voxel by voxel.
 TUMOUR_ENHANCEMENT_HU = (10.0, 25.0)
 #: Phantom generations: 1 iso-dense intramural tumours, 2 + focal wall thickening under T1/T2,
-#: 3 + contrast-enhanced (venous) phase with an enhancing tumour.
-PHANTOM_VERSION = 3
+#: 3 + contrast-enhanced (venous) phase with an enhancing tumour, 4 the thickening is the tumour's own
+#: volume (the wall beyond the tumour's depth keeps its thickness).
+PHANTOM_VERSION = 4
 _TISSUE_LABELS = {"tumour": 1, "aorta": 2, **{t: 3 for t in ESOPHAGUS}, "node": 4,
                   **{t: 5 for t in PERICARDIAL_SAC}}
 
@@ -173,7 +178,8 @@ def _plan_thickening(rng: np.random.Generator, th: Thorax, grid: Grid, stage: st
     The footprint is the tumour's, a quarter wider so the wall tapers back to normal beyond it.
     Towards each direction the outer wall may move at most half of the free fat between it and
     the nearest solid organ (rays through the footprint's heights, the narrowest gap within
-    ±10°), so a thickened wall never reaches the aorta or the pericardium.
+    ±10°), so a thickened wall never reaches the aorta or the pericardium. Only the band up to the
+    tumour's depth stretches: the added volume is the tumour's.
     """
     if stage not in THICKENING_MM:
         return None
@@ -183,7 +189,7 @@ def _plan_thickening(rng: np.random.Generator, th: Thorax, grid: Grid, stage: st
     narrowest = np.min([np.roll(free, k) for k in range(-2, 3)], axis=0)
     cap = 0.5 * np.clip(narrowest, 0.0, None)
     return WallThickening(plan.z_centre, half_length, plan.phi, half_width, rng.uniform(*THICKENING_MM[stage]),
-                          tuple(float(c) for c in cap))
+                          tuple(float(c) for c in cap), stretch_to_mm=plan.reach)
 
 
 def _tumour_mask(rng: np.random.Generator, grid: Grid, th: Thorax, plan: TumourPlan,

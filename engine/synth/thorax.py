@@ -198,9 +198,11 @@ class WallThickening:
     On CT an esophageal cancer that has not breached the wall is seen as focal, asymmetric
     wall thickening rather than by its density. The thickening is a radial warp: over a dome
     footprint (``z_centre`` ± ``half_length`` mm along the centre line, ``phi`` ± ``half_width``
-    rad around it) the wall between the lumen and the outer edge is stretched outward by up to
-    ``depth_mm`` and the periesophageal fat cuff is compressed by as much, so nothing beyond
-    the cuff moves. Voxels are then painted, and staged, by their *undeformed* radius
+    rad around it) the band of wall between the lumen and ``stretch_to_mm`` — the tumour's depth —
+    is stretched outward by up to ``depth_mm``, the wall beyond it is pushed out by as much with
+    its thickness kept, and the periesophageal fat cuff is compressed by as much, so nothing beyond
+    the cuff moves. The added volume is therefore the tumour's own (it is the mass), not a
+    thickened muscularis. Voxels are then painted, and staged, by their *undeformed* radius
     (:meth:`undeformed_radius`), which keeps every wall layer — and therefore the invasion-depth
     T-stage rule — topologically unchanged.
     """
@@ -213,6 +215,10 @@ class WallThickening:
     #: Largest displacement allowed towards each of ``directions(len(cap_mm))``, so the wall stays
     #: clear of the organs around it.
     cap_mm: tuple[float, ...] | None = None
+    #: Undeformed radius (mm) up to which the wall stretches; beyond it the wall only moves out.
+    #: ``None`` stretches the whole wall (phantom versions 2–3, where a stretched muscularis took
+    #: part of the added volume, labelled as wall).
+    stretch_to_mm: float | None = None
 
     @staticmethod
     def directions(n: int) -> np.ndarray:
@@ -232,13 +238,16 @@ class WallThickening:
         """Map a physical distance from the centre line to the radius it had before the thickening.
 
         Piecewise linear and monotone in ``rho``: identity inside the lumen and beyond the fat
-        cuff; ``[r_lumen, r_outer + d]`` maps onto ``[r_lumen, r_outer]`` and
+        cuff; with ``a = stretch_to_mm`` (default ``r_outer``), ``[r_lumen, a + d]`` maps onto
+        ``[r_lumen, a]``, ``[a + d, r_outer + d]`` onto ``[a, r_outer]`` (a shift) and
         ``[r_outer + d, r_cuff]`` onto ``[r_outer, r_cuff]``.
         """
         d = np.minimum(self.displacement(z, phi), 0.9 * (th.r_cuff - th.r_outer))
-        wall = th.r_lumen + (rho - th.r_lumen) * (th.r_outer - th.r_lumen) / (th.r_outer + d - th.r_lumen)
+        a = th.r_outer if self.stretch_to_mm is None else float(np.clip(self.stretch_to_mm, th.r_lumen + 0.1,
+                                                                         th.r_outer))
+        stretched = th.r_lumen + (rho - th.r_lumen) * (a - th.r_lumen) / (a + d - th.r_lumen)
         cuff = th.r_outer + (rho - th.r_outer - d) * (th.r_cuff - th.r_outer) / (th.r_cuff - th.r_outer - d)
-        out = np.where(rho <= th.r_outer + d, wall, cuff)
+        out = np.where(rho <= a + d, stretched, np.where(rho <= th.r_outer + d, rho - d, cuff))
         return np.where((rho <= th.r_lumen) | (rho >= th.r_cuff), rho, out).astype(np.float32)
 
 

@@ -97,7 +97,7 @@ def test_intensities_are_plausible_hu(cases_by_stage):
         assert img.min() >= -1024 and img.max() <= 3071
         assert 100 <= np.median(img[lab == 2]) <= 260          # aorta: contrast-enhanced blood (venous phase)
         assert 0 <= np.median(img[lab == 1]) <= 130            # tumour: enhancing soft tissue
-        assert case.meta["phase"] == "venous" and case.meta["phantom_version"] == 3
+        assert case.meta["phase"] == "venous" and case.meta["phantom_version"] == 4
         assert 10.0 <= case.meta["tumour_enhancement_hu"] <= 25.0
         assert -10 <= np.median(img[(lab == 3) & m["muscularis"]]) <= 100
         assert -60 <= np.median(img[lab == 4]) <= 100          # lymph nodes in fat (partial volume)
@@ -155,6 +155,50 @@ def test_wall_thickening_warp_is_monotone_and_local():
     capped = WallThickening(0.0, 20.0, 0.5, 1.0, 4.0, cap_mm=tuple(cap))
     assert float(capped.displacement(np.zeros(1), np.array([0.5]))[0]) == pytest.approx(1.0)
     assert float(capped.displacement(np.zeros(1), np.array([0.0]))[0]) > 3.0
+
+
+def test_wall_thickening_is_the_tumours_volume():
+    """With ``stretch_to_mm`` (the tumour's depth) only the band up to it stretches: the layers beyond
+    keep their thickness and are pushed out by the displacement (version 4)."""
+    from engine.synth.thorax import WallThickening, sample_thorax
+
+    th = sample_thorax(np.random.default_rng(3), min_layer_mm=3.9)
+    a, d = th.r_lumen + 0.6 * (th.r_inner - th.r_lumen), 4.0
+    w = WallThickening(z_centre=0.0, half_length=20.0, phi=0.5, half_width=1.0, depth_mm=d, stretch_to_mm=a)
+    undeformed = lambda r: w.undeformed_radius(th, np.zeros(len(r)), np.asarray(r, np.float32),  # noqa: E731
+                                               np.full(len(r), 0.5))
+    # the band [r_lumen, a + d] maps onto [r_lumen, a], linearly
+    band = np.linspace(th.r_lumen, a + d, 11)
+    np.testing.assert_allclose(undeformed(band), np.linspace(th.r_lumen, a, 11), atol=1e-4)
+    # beyond it every layer boundary is only shifted by d: the rest of the inner layers and the
+    # muscularis keep their thickness
+    np.testing.assert_allclose(undeformed([th.r_inner + d, th.r_outer + d]), [th.r_inner, th.r_outer], atol=1e-4)
+    rho = np.linspace(0.0, th.r_cuff + 5.0, 2001, dtype=np.float32)
+    assert np.all(np.diff(undeformed(rho)) >= 0)
+    # the default (versions 2-3) stretched the whole wall: the muscularis began well inside r_inner + d,
+    # i.e. it got thicker
+    whole = WallThickening(0.0, 20.0, 0.5, 1.0, d)
+    r_in, r_out = whole.undeformed_radius(th, np.zeros(2), np.array([th.r_inner + d, th.r_outer + d]),
+                                          np.full(2, 0.5))
+    assert r_in > th.r_inner + 0.5 and r_out == pytest.approx(th.r_outer, abs=1e-4)
+
+
+def test_generator_stretches_only_the_tumours_depth(monkeypatch):
+    """Every T1/T2 phantom's thickening stretches the wall up to its tumour's planned reach only."""
+    made = []
+
+    class Recording(esophagus.WallThickening):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(esophagus, "WallThickening", Recording)
+    for seed in (3, 2):  # a T1 and a T2 (see cases_by_stage's draw)
+        case = esophagus.generate(seed)
+        assert case.targets.t_stage in ("T1", "T2")
+        assert made[-1].stretch_to_mm == pytest.approx(case.meta["tumour_plan"]["reach"])
+        assert made[-1].stretch_to_mm < case.meta["wall_mm"]["lumen"] + case.meta["wall_mm"]["inner"] \
+            + case.meta["wall_mm"]["muscularis"]
 
 
 def test_intramural_tumours_thicken_the_wall_and_others_do_not(cases_by_stage):
