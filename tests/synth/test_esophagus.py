@@ -184,7 +184,7 @@ def test_wall_thickening_is_the_tumours_volume():
 
 
 def test_generator_stretches_only_the_tumours_depth(monkeypatch):
-    """Every T1/T2 phantom's thickening stretches the wall up to its tumour's planned reach only."""
+    """A T1 and a T2 phantom: the thickening stretches the wall up to the tumour's planned reach only."""
     made = []
 
     class Recording(esophagus.WallThickening):
