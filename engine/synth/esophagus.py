@@ -27,8 +27,8 @@ the outer wall moves out by 2.5–5 mm for T1, 3.5–7 mm for T2, at most half t
 nearest organ), because on CT focal wall thickening is the main sign of an intramural tumour.
 The thickening is the tumour's own mass (version 4): the band from the lumen to the tumour's depth
 stretches, and the wall layers beyond it are pushed out with their thickness kept. (In versions 2–3
-the whole wall stretched, so a thickened muscularis, labelled wall, took most of the bulge around a
-thin tumour — a mass effect no tumour has.) Depths and the stage rule are measured in undeformed
+the whole wall stretched, so the wall layers outside a thin tumour — a thickened muscularis, labelled
+wall — took more than half of the bulge: a mass effect no tumour has.) Depths and the stage rule are measured in undeformed
 radii, so the thickening never changes a stage.
 
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
