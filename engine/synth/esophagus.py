@@ -28,8 +28,8 @@ nearest organ), because on CT focal wall thickening is the main sign of an intra
 The thickening is the tumour's own mass (version 4): the band from the lumen to the tumour's depth
 stretches, and the wall layers beyond it are pushed out with their thickness kept. (In versions 2–3
 the whole wall stretched, so the wall layers outside a thin tumour — a thickened muscularis, labelled
-wall — took more than half of the bulge: a mass effect no tumour has.) Depths and the stage rule are measured in undeformed
-radii, so the thickening never changes a stage.
+wall — took more than half of the bulge: a mass effect no tumour has.) Depths and the stage rule
+are measured in undeformed radii, so the thickening never changes a stage.
 
 In the ``small`` preset every wall layer is ≥ 2 voxels thick, which exaggerates the wall
 (≈ 4 mm per layer instead of ≈ 2 mm): deliberately, so invasion depth stays visible.
