@@ -172,7 +172,8 @@ def test_wall_thickening_is_the_tumours_volume():
     np.testing.assert_allclose(undeformed(band), np.linspace(th.r_lumen, a, 11), atol=1e-4)
     # beyond it every layer boundary is only shifted by d: the rest of the inner layers and the
     # muscularis keep their thickness
-    np.testing.assert_allclose(undeformed([th.r_inner + d, th.r_outer + d]), [th.r_inner, th.r_outer], atol=1e-4)
+    np.testing.assert_allclose(undeformed([th.r_inner + d, th.r_outer + d]), [th.r_inner, th.r_outer],
+                               atol=1e-4)
     rho = np.linspace(0.0, th.r_cuff + 5.0, 2001, dtype=np.float32)
     assert np.all(np.diff(undeformed(rho)) >= 0)
     # the default (versions 2-3) stretched the whole wall: the muscularis began well inside r_inner + d,
