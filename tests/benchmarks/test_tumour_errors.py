@@ -151,4 +151,3 @@ def test_refuses_a_label_map_off_its_images_grid(tmp_path):
     with pytest.raises(SystemExit, match="esophagus_001.*geometry"):
         errors.main([str(data), "--out", str(tmp_path / "o"), "--no-model"])
     assert not (tmp_path / "o").exists()  # nothing written, not even the folder
-

@@ -194,9 +194,9 @@ def test_generator_stretches_only_the_tumours_depth(monkeypatch):
             made.append(self)
 
     monkeypatch.setattr(esophagus, "WallThickening", Recording)
-    for seed in (3, 2):  # a T1 and a T2 (see cases_by_stage's draw)
+    for seed, stage in ((3, "T1"), (2, "T2")):
         case = esophagus.generate(seed)
-        assert case.targets.t_stage in ("T1", "T2")
+        assert case.targets.t_stage == stage
         assert made[-1].stretch_to_mm == pytest.approx(case.meta["tumour_plan"]["reach"])
         assert made[-1].stretch_to_mm < case.meta["wall_mm"]["lumen"] + case.meta["wall_mm"]["inner"] \
             + case.meta["wall_mm"]["muscularis"]
