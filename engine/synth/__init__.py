@@ -16,10 +16,12 @@ is :func:`generate_case` with ``case_seed(seed, i)``, whatever the number of cas
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from engine.data.dataset import DatasetWriter, RawDataset
 from engine.synth import esophagus, gtv, npc, pet
@@ -57,26 +59,33 @@ def generate_case(task: str, seed: int, preset: str = "small") -> PhantomCase:
 
 def generate_dataset(task: str, out: str | Path, cases: int, seed: int = 0, preset: str = "small",
                      overwrite: bool = False, test_cases: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> RawDataset:
+                     progress: Callable[[int, int], None] | None = None,
+                     generator_options: dict[str, Any] | None = None) -> RawDataset:
     """Write ``cases`` training cases (and ``test_cases`` unlabelled test cases) to ``out``.
 
     Layout: ``dataset.json``, ``imagesTr``/``labelsTr``/``imagesTs`` and, for tasks with
     targets, ``stages.csv``. Case ids are ``<task>_000``, ... (test cases ``<task>_test_000``);
     test cases get neither a label file nor a row in ``stages.csv``, like a real hold-out set.
-    ``progress(done, total)`` is called after each case.
+    ``progress(done, total)`` is called after each case. ``generator_options`` go to the task's
+    ``generate`` as keywords (e.g. the esophagus phantom's ``enhancement_scale``).
     """
     module = _module(task, preset)
+    options = dict(generator_options or {})
+    unknown = sorted(set(options) - (set(inspect.signature(module.generate).parameters) - {"seed", "preset"}))
+    if unknown:
+        raise SynthError(f"The {task} phantom has no option(s) {', '.join(unknown)}.")
     _check_seed(seed)
     for name, value, minimum in (("cases", cases, 1), ("test_cases", test_cases, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise SynthError(f"'{name}' must be an integer ≥ {minimum}, got {value!r}.")
-    writer = DatasetWriter(out, module.description(), overwrite=overwrite)
     width = max(3, len(str(max(cases, test_cases) - 1)))
     total = cases + test_cases
     jobs = [(f"{task}_{i:0{width}d}", case_seed(seed, i), False) for i in range(cases)]
     jobs += [(f"{task}_test_{i:0{width}d}", case_seed(seed, i, test=True), True) for i in range(test_cases)]
-    for done, (case_id, s, test) in enumerate(jobs, start=1):
-        case = module.generate(s, preset)
+    made = ((case_id, module.generate(s, preset, **options), test) for case_id, s, test in jobs)
+    first = next(made)  # a bad generator option fails here, before the writer touches ``out``
+    writer = DatasetWriter(out, module.description(), overwrite=overwrite)
+    for done, (case_id, case, test) in enumerate(itertools.chain([first], made), start=1):
         targets = None if test or not module.HAS_TARGETS else case.targets
         writer.add_case(case_id, case.channels, None if test else case.label, targets, test=test)
         log.debug("wrote %s (%s)", case_id, case.targets)

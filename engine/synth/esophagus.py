@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from engine.data.dataset import CaseTargets, DatasetDescription
-from engine.synth.common import (STAGES, PhantomCase, Preset, finish_ct, make_grid, make_images,
+from engine.synth.common import (STAGES, PhantomCase, Preset, SynthError, finish_ct, make_grid, make_images,
                                  sample_stage, texture_field)
 from engine.synth.shapes import Canvas, Grid, ray_hits, smooth_noise, touches
 from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, WallThickening,
@@ -220,8 +220,17 @@ def _tumour_mask(rng: np.random.Generator, grid: Grid, th: Thorax, plan: TumourP
     return grid.evaluate(dome, (lo, hi), fill=False, dtype=bool)
 
 
-def generate(seed: int, preset: str = "small") -> PhantomCase:
-    """One esophageal cancer CT phantom (see the module docstring for the rule it obeys)."""
+def generate(seed: int, preset: str = "small", enhancement_scale: float = 1.0) -> PhantomCase:
+    """One esophageal cancer CT phantom (see the module docstring for the rule it obeys).
+
+    ``enhancement_scale`` multiplies the tumour's drawn enhancement over the muscularis and changes
+    nothing else (same geometry, texture and noise for the same seed): 0 makes the tumour iso-dense,
+    2 doubles its contrast. It is a probe of whether a model delineates the tumour by its enhancement
+    (``benchmarks/enhancement_response.py``); datasets for training keep the default 1.
+    """
+    if not np.isfinite(enhancement_scale) or enhancement_scale < 0:
+        raise SynthError(f"enhancement_scale must be a finite number ≥ 0 (0: iso-dense tumour, 1: as drawn), "
+                         f"got {enhancement_scale!r}.")
     rng = np.random.default_rng(seed)
     sampled = sample_stage(rng, STAGE_PROBABILITIES)
     p = PRESETS[preset]
@@ -242,7 +251,7 @@ def generate(seed: int, preset: str = "small") -> PhantomCase:
         tumour = canvas.paint("tumour", _tumour_mask(rng, grid, th, plan, thickening), not_over=SOLID_NEIGHBOURS)
 
     mean, amp = ct_values(rng, PHASE)
-    enhancement = rng.uniform(*TUMOUR_ENHANCEMENT_HU)
+    enhancement = rng.uniform(*TUMOUR_ENHANCEMENT_HU) * enhancement_scale
     mean["tumour"] = mean["esophagus_muscle"] + enhancement
     amp["tumour"] = rng.uniform(5.0, 10.0)
     clean = canvas.render(mean, amp, texture_field(rng, grid, 3.0))

@@ -6,9 +6,10 @@ import collections
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from engine.synth import esophagus, generate_case
-from engine.synth.common import STAGES
+from engine.synth.common import STAGES, SynthError
 from tests.synth._checks import best_threshold_dice, separability_auc, touches6
 
 PER_STAGE = 6
@@ -216,3 +217,25 @@ def test_intramural_tumours_thicken_the_wall_and_others_do_not(cases_by_stage):
                 assert ratio > 1.1, (m["seed"], stage, ratio)
             else:
                 assert m["wall_thickening_mm"] == 0.0 and 0.85 < ratio < 1.15, (m["seed"], stage, ratio)
+
+
+def test_enhancement_scale_changes_only_the_tumours_hu():
+    """The enhancement probe's premise: same seed, same anatomy and noise; only the tumour's HU moves."""
+    made = {k: esophagus.generate(3, enhancement_scale=k) for k in (0.0, 1.0, 2.0)}
+    base = made[1.0]
+    tumour = base.label.array == 1
+    drawn = base.meta["tumour_enhancement_hu"]
+    assert 10.0 <= drawn <= 25.0
+    for k, case in made.items():
+        assert np.array_equal(case.label.array, base.label.array) and case.meta["stage"] == base.meta["stage"]
+        assert case.meta["tumour_enhancement_hu"] == pytest.approx(k * drawn)
+    diff = made[2.0].image.array.astype(float) - base.image.array
+    inner = ndimage.binary_erosion(tumour)
+    far = ~ndimage.binary_dilation(tumour, iterations=3)  # beyond the CT's blur of the tumour's edge
+    assert inner.sum() > 0 and np.abs(diff[far]).max() < 1e-3
+    assert diff[inner].mean() == pytest.approx(drawn, abs=0.1 * drawn)   # the blur spreads only the edge
+    iso = base.image.array.astype(float) - made[0.0].image.array
+    assert np.allclose(iso, diff, atol=1e-3)                              # linear in the scale
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(SynthError, match="enhancement_scale"):
+            esophagus.generate(3, enhancement_scale=bad)

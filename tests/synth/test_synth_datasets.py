@@ -168,3 +168,20 @@ def test_cli_synth_errors(tmp_path, capsys):
     assert _digests(out) == before
     assert cli.main(["synth", "--task", "npc", "--cases", "1", "--seed", "5", "--out", str(out), "--overwrite"]) == 0
     assert _digests(out) != before
+
+
+def test_generator_options_reach_the_task_and_bad_ones_write_nothing(tmp_path):
+    ds = generate_dataset("esophagus", tmp_path / "iso", cases=1, seed=SEED,
+                          generator_options={"enhancement_scale": 0.0})
+    direct = generate_case("esophagus", case_seed(SEED, 0))
+    image = ds.training[0].load_image().array
+    tumour = direct.label.array == 1
+    assert np.array_equal(ds.training[0].load_label().array, direct.label.array)
+    assert image[tumour].mean() < direct.image.array[tumour].mean() - 5.0  # the enhancement is gone
+    for options, match in (({"enhancement_scale": -2.0}, "enhancement_scale"),
+                           ({"contrast": 2}, "no option")):
+        with pytest.raises(SynthError, match=match):
+            generate_dataset("esophagus", tmp_path / "bad", cases=1, seed=SEED, generator_options=options)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(SynthError, match="no option"):
+        generate_dataset("pet", tmp_path / "bad", cases=1, generator_options={"enhancement_scale": 1.0})
