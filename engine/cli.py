@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
            if getattr(args, k) is not None},
         fold=None if args.fold == "all" else int(args.fold),
         krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
-        direct_3d=args.direct_3d,
+        direct_3d=args.direct_3d, perturb_prior=args.perturb_prior,
         **({"model_id": args.model_id} if args.model_id else {}),
         **({"version": args.version} if args.version else {}),
         **({"intended_use": DEMO_INTENDED_USE} if args.demo else {}))
@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-features", type=int, help="channel cap (plan default 320)")
     s.add_argument("--seg-loss", choices=("focal", "focal+dice"),
                    help="segmentation loss: 'focal' is the paper's; default 'focal+dice'")
+    s.add_argument("--perturb-prior", action="store_true",
+                   help="train the full-resolution stage on randomly perturbed low-resolution priors "
+                        "(nnU-Net's cascade augmentation)")
     s.add_argument("--no-krt", action="store_true", help="ablation: classify the whole volume, no KRT crop")
     s.add_argument("--no-attention", action="store_true", help="ablation: no cross-task attention gates")
     s.add_argument("--no-transfer", action="store_true", help="ablation: classifier encoder from random weights")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.utils import convert_to_tensor
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from engine.inference.krt import box_around, crop_box
@@ -31,12 +32,71 @@ class TrainingCase:
     stage: int | None = None
 
 
-def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_channels: int = 0) -> mt.Compose:
+class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
+    """nnU-Net's cascade augmentation of the previous stage's one-hot segmentation (the "prior").
+
+    Fed the previous stage's prediction as it is, a cascade's second stage learns to copy its extent
+    rather than correct it. With probability ``prob`` per sample, each foreground class in random
+    order (each with ``prob_per_class``) is dilated, eroded, opened or closed by 1–``max_radius``
+    voxel steps (the 6-neighbour cross, iterated); grown voxels take the class from whatever was there,
+    removed ones become background. Then, with ``remove_prob``, each class loses one random connected
+    component smaller than ``max_component_fraction`` of the patch. Channel 0 is background; the
+    result stays one-hot.
+    """
+
+    OPERATIONS = (ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening, ndimage.binary_closing)
+
+    def __init__(self, keys, prob: float = 0.4, prob_per_class: float = 1.0, max_radius: int = 8,
+                 remove_prob: float = 0.2, max_component_fraction: float = 0.15):
+        mt.MapTransform.__init__(self, keys)
+        self.prob, self.prob_per_class, self.max_radius = prob, prob_per_class, max_radius
+        self.remove_prob, self.max_component_fraction = remove_prob, max_component_fraction
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.perturb(d[key])
+        return d
+
+    def perturb(self, prior) -> torch.Tensor:
+        prior = plain_tensor(prior).float()
+        n_classes = prior.shape[0]
+        labels = prior.argmax(0).numpy().astype(np.int16)
+        changed = False
+        cross = ndimage.generate_binary_structure(3, 1)
+        if self.R.random_sample() < self.prob:
+            for c in self.R.permutation(np.arange(1, n_classes)):
+                mask = labels == c
+                if self.R.random_sample() >= self.prob_per_class or not mask.any():
+                    continue
+                operation = self.OPERATIONS[self.R.randint(len(self.OPERATIONS))]
+                result = operation(mask, structure=cross, iterations=int(self.R.randint(1, self.max_radius + 1)))
+                labels[mask & ~result] = 0
+                labels[result] = c
+                changed = True
+        if self.R.random_sample() < self.remove_prob:
+            for c in range(1, n_classes):
+                components, count = ndimage.label(labels == c)
+                if count == 0:
+                    continue
+                sizes = np.bincount(components.ravel())[1:]
+                small = np.flatnonzero(sizes < self.max_component_fraction * labels.size) + 1
+                if len(small):
+                    labels[components == self.R.choice(small)] = 0
+                    changed = True
+        if not changed:
+            return prior
+        return torch.from_numpy(labels[None] == np.arange(n_classes).reshape(-1, 1, 1, 1)).float()
+
+
+def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_channels: int = 0,
+                        perturb_prior: bool = False) -> mt.Compose:
     """nnU-Net v2's default augmentation probabilities and ranges, as MONAI transforms.
 
     With thick slices (``anisotropic``) rotations stay in-plane, as nnU-Net does for such data.
     ``prior_channels`` trailing image channels (a cascade's one-hot previous-stage prediction) move
-    with the spatial transforms (nearest neighbour) but get no intensity augmentation.
+    with the spatial transforms (nearest neighbour) but get no intensity augmentation;
+    ``perturb_prior`` adds :class:`RandPerturbPriord` to them (nnU-Net's cascade does).
     """
     in_plane, out_plane = math.radians(30), (0.0 if anisotropic else math.radians(30))
     keys: tuple[str, ...] = ("image", "label") + (("prior",) if prior_channels else ())
@@ -52,6 +112,8 @@ def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_ch
     ]
     if mirror:
         steps += [mt.RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    if perturb_prior and prior_channels:
+        steps.append(RandPerturbPriord("prior"))
     compose = mt.Compose(steps)
     compose.prior_channels = prior_channels  # type: ignore[attr-defined]
     return compose

@@ -137,6 +137,10 @@ class TrainOptions:
     lr: float = 1e-3
     classifier_lr: float = 3e-4
     seg_loss: str = "focal+dice"
+    #: Train the full-resolution stage on randomly perturbed low-resolution priors (nnU-Net's cascade
+    #: augmentation), so it learns to correct the prior instead of copying its extent (docs/results.md,
+    #: session 22). Off by default until a model trained with it is measured.
+    perturb_prior: bool = False
     base_features: int | None = None
     max_features: int | None = None
     fold: int | None = 0
@@ -504,7 +508,8 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
     def fit_segmentation(phase: str, net: SegmentationNet, cases: list[TrainingCase],
                          vcases: list[TrainingCase], patch: list[int], batch: int, epochs: int) -> dict:
         data = PatchDataset(cases, patch, samples=options.steps_per_epoch * batch,
-                            augment=nnunet_augmentation(anisotropic=anisotropic, prior_channels=cases[0].image.shape[0] - 1),
+                            augment=nnunet_augmentation(anisotropic=anisotropic, prior_channels=cases[0].image.shape[0] - 1,
+                                                        perturb_prior=options.perturb_prior),
                             class_weights=class_weights)
         val = _ValidationCases([c.image for c in vcases], [c.label for c in vcases]) if vcases else None
         task = SegmentationTask(loss, num_classes, _segmentation_infer(patch, device), class_names)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from engine.data.dataset import DatasetWriter, RawDataset
 from engine.synth import esophagus, gtv, npc, pet

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation, plain_tensor, sample_centre
+from engine.data.patches import (PatchDataset, RandPerturbPriord, TrainingCase, nnunet_augmentation, plain_tensor,
+                                 sample_centre)
 
 
 def _case(shape=(12, 20, 20), prior_channels: int = 0) -> TrainingCase:
@@ -102,3 +103,78 @@ def test_plain_tensor_strips_metadata():
     x = MetaTensor(torch.ones(2, 3))
     y = plain_tensor(x)
     assert type(y) is torch.Tensor and torch.equal(y, torch.ones(2, 3))
+
+
+def _one_hot(labels: np.ndarray, classes: int = 4) -> torch.Tensor:
+    return torch.from_numpy((labels[None] == np.arange(classes).reshape(-1, 1, 1, 1)).astype(np.float32))
+
+
+def _cube(classes_elsewhere: bool = False) -> np.ndarray:
+    """Class 1: a 3×3×3 cube in the middle of a 9³ background (and a class-3 voxel in a corner)."""
+    labels = np.zeros((9, 9, 9), np.int64)
+    labels[3:6, 3:6, 3:6] = 1
+    if classes_elsewhere:
+        labels[0, 0, 0] = 3
+    return labels
+
+
+def _perturb(labels: np.ndarray, operation, seed: int = 0, **kwargs) -> np.ndarray:
+    t = RandPerturbPriord("prior", **kwargs)
+    t.OPERATIONS = (operation,)
+    t.set_random_state(seed=seed)
+    out = t({"prior": _one_hot(labels)})["prior"]
+    assert torch.equal(out.sum(0), torch.ones(out.shape[1:])) and set(torch.unique(out).tolist()) <= {0.0, 1.0}
+    return out.argmax(0).numpy()
+
+
+def test_prior_perturbation_dilates_and_erodes_each_class():
+    from scipy import ndimage
+
+    labels = _cube()
+    grown = _perturb(labels, ndimage.binary_dilation, max_radius=1, prob=1.0, remove_prob=0.0)
+    assert (grown == 1).sum() == 27 + 6 * 9                            # one cross step adds the 6 faces
+    assert (grown[labels == 1] == 1).all()
+    shrunk = _perturb(labels, ndimage.binary_erosion, max_radius=1, prob=1.0, remove_prob=0.0)
+    assert (shrunk == 1).sum() == 1 and shrunk[4, 4, 4] == 1          # the centre survives one step
+    assert (shrunk[(labels == 1) & (shrunk != 1)] == 0).all()          # the rest became background
+    # eroding away a one-voxel class leaves background, and the other class is untouched
+    both = _perturb(_cube(classes_elsewhere=True), ndimage.binary_erosion, max_radius=1, prob=1.0,
+                    remove_prob=0.0)
+    assert (both == 3).sum() == 0 and both[0, 0, 0] == 0 and (both == 1).sum() == 1
+
+
+def test_prior_perturbation_off_is_the_identity_and_seeded_runs_repeat():
+    from scipy import ndimage
+
+    labels = _cube()
+    t = RandPerturbPriord("prior", prob=0.0, remove_prob=0.0)
+    prior = _one_hot(labels)
+    assert torch.equal(t({"prior": prior})["prior"], prior)
+    a = _perturb(labels, ndimage.binary_dilation, seed=3)
+    b = _perturb(labels, ndimage.binary_dilation, seed=3)
+    assert np.array_equal(a, b)
+
+
+def test_prior_perturbation_removes_one_small_component():
+    from scipy import ndimage
+
+    labels = np.zeros((9, 9, 9), np.int64)
+    labels[1, 1, 1] = 1
+    labels[7, 7, 7] = 1
+    labels[:, :, 4] = 2  # a slab of 81 of 729 voxels: more than 10 % of the patch, never removed
+    out = _perturb(labels, ndimage.binary_dilation, prob=0.0, remove_prob=1.0, max_component_fraction=0.1)
+    assert (out == 1).sum() == 1 and (out == 2).sum() == 81
+
+
+def test_augmentation_adds_the_prior_perturbation_only_when_asked():
+    names = [type(t).__name__ for t in nnunet_augmentation(prior_channels=3, perturb_prior=True).transforms]
+    assert names.count("RandPerturbPriord") == 1
+    for aug in (nnunet_augmentation(prior_channels=3), nnunet_augmentation(perturb_prior=True)):
+        assert "RandPerturbPriord" not in [type(t).__name__ for t in aug.transforms]
+    case = _case(prior_channels=3)
+    data = PatchDataset([case], (8, 16, 16), samples=6, augment=nnunet_augmentation(prior_channels=3,
+                                                                                   perturb_prior=True))
+    np.random.seed(1)
+    for i in range(len(data)):
+        prior = data[i]["image"][1:]
+        assert set(torch.unique(prior).tolist()) <= {0.0, 1.0} and (prior.sum(0) <= 1).all()
