@@ -32,6 +32,11 @@ class TrainingCase:
     stage: int | None = None
 
 
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(z, y, x) class indices → (num_classes, z, y, x) float32 one-hot, the cascade prior's encoding."""
+    return (labels[None] == np.arange(num_classes).reshape(-1, 1, 1, 1)).astype(np.float32)
+
+
 class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     """nnU-Net's cascade augmentation of the previous stage's one-hot segmentation (the "prior").
 
@@ -44,7 +49,9 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     result stays one-hot.
     """
 
-    OPERATIONS = (ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening, ndimage.binary_closing)
+    OPERATIONS = (ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening,
+                  ndimage.binary_closing)
+    STEP = ndimage.generate_binary_structure(3, 1)  # one step: the 6-neighbour cross
 
     def __init__(self, keys, prob: float = 0.4, prob_per_class: float = 1.0, max_radius: int = 8,
                  remove_prob: float = 0.2, max_component_fraction: float = 0.15):
@@ -63,14 +70,14 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
         n_classes = prior.shape[0]
         labels = prior.argmax(0).numpy().astype(np.int16)
         changed = False
-        cross = ndimage.generate_binary_structure(3, 1)
         if self.R.random_sample() < self.prob:
             for c in self.R.permutation(np.arange(1, n_classes)):
                 mask = labels == c
                 if self.R.random_sample() >= self.prob_per_class or not mask.any():
                     continue
                 operation = self.OPERATIONS[self.R.randint(len(self.OPERATIONS))]
-                result = operation(mask, structure=cross, iterations=int(self.R.randint(1, self.max_radius + 1)))
+                steps = int(self.R.randint(1, self.max_radius + 1))
+                result = operation(mask, structure=self.STEP, iterations=steps)
                 labels[mask & ~result] = 0
                 labels[result] = c
                 changed = True
@@ -86,7 +93,7 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
                     changed = True
         if not changed:
             return prior
-        return torch.from_numpy(labels[None] == np.arange(n_classes).reshape(-1, 1, 1, 1)).float()
+        return torch.from_numpy(one_hot(labels, n_classes))
 
 
 def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_channels: int = 0,

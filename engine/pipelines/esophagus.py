@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.dataset import RawDataset
-from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation
+from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation, one_hot
 from engine.errors import Cancelled, EngineError, ImageError, TrainingError
 from engine.explain.gradcam import grad_cam, paste_into_volume
 from engine.inference.krt import KrtBox, box_around, crop_box, krt_box
@@ -196,10 +196,6 @@ class PreparedCase:
     full: PreprocessedCase
     low: PreprocessedCase
     prior: np.ndarray | None = None  # one-hot low-resolution prediction on the full-resolution grid
-
-
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return (labels[None] == np.arange(num_classes).reshape(-1, 1, 1, 1)).astype(np.float32)
 
 
 def lowres_to_fullres(low_probs: torch.Tensor, low: PreprocessRecord, full: PreprocessRecord,

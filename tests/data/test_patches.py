@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.patches import (PatchDataset, RandPerturbPriord, TrainingCase, nnunet_augmentation, plain_tensor,
-                                 sample_centre)
+from engine.data.patches import (PatchDataset, RandPerturbPriord, TrainingCase, nnunet_augmentation, one_hot,
+                                 plain_tensor, sample_centre)
 
 
 def _case(shape=(12, 20, 20), prior_channels: int = 0) -> TrainingCase:
@@ -106,7 +106,7 @@ def test_plain_tensor_strips_metadata():
 
 
 def _one_hot(labels: np.ndarray, classes: int = 4) -> torch.Tensor:
-    return torch.from_numpy((labels[None] == np.arange(classes).reshape(-1, 1, 1, 1)).astype(np.float32))
+    return torch.from_numpy(one_hot(labels, classes))
 
 
 def _cube(classes_elsewhere: bool = False) -> np.ndarray:
