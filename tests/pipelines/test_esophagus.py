@@ -18,6 +18,7 @@ import torch
 
 from engine.cli import main as cli_main
 from engine.data.dataset import RawDataset
+from engine.data.patches import nnunet_augmentation
 from engine.data.splits import dataset_splits
 from engine.errors import BundleError, Cancelled, EngineError, ImageError, TrainingError
 from engine.explain.gradcam import grad_cam
@@ -364,6 +365,27 @@ def test_segmentation_from_with_epochs_fine_tunes_that_phase(tiny, tmp_path, cap
     assert any(not torch.equal(full_src[k], full_new[k]) for k in full_src)  # trained on
     assert tuned.training["options"]["fullres_epochs"] == 1
     assert tuned.plan == source.plan  # a kept network keeps the normalisation it was trained with
+
+
+def test_cli_perturb_prior_reaches_the_full_resolution_augmentation(tiny, tmp_path, monkeypatch):
+    """``--perturb-prior`` adds nnU-Net's prior perturbation to the full-resolution phase, and only there."""
+    built = []
+
+    def recording(*args, **kwargs):
+        aug = nnunet_augmentation(*args, **kwargs)
+        built.append((kwargs.get("prior_channels", 0), [type(t).__name__ for t in aug.transforms]))
+        return aug
+
+    monkeypatch.setattr(eso, "nnunet_augmentation", recording)
+    for flag, out in (([], "plain"), (["--perturb-prior"], "perturbed")):
+        built.clear()
+        assert cli_main(["train", "--task", "esophagus", "--data", str(tiny["root"] / "data"),
+                         "--out", str(tmp_path / out), "--segmentation-from", str(tiny["bundle"].path),
+                         "--lowres-epochs", "0", "--fullres-epochs", "1", "--classifier-epochs", "1",
+                         "--steps-per-epoch", "2", "--fold", "0", "--folds", "4", "--device", "cpu", *flag]) == 0
+        assert [prior for prior, _ in built] == [tiny["bundle"].architecture["fullres"]["in_channels"] - 1]
+        assert ("RandPerturbPriord" in built[0][1]) == bool(flag)
+        assert load_bundle(tmp_path / out).training["options"]["perturb_prior"] == bool(flag)
 
 
 def test_fine_tuning_both_phases_renormalises_on_the_new_dataset(tiny, tmp_path):
