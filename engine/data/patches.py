@@ -40,11 +40,12 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     """nnU-Net's cascade augmentation of the previous stage's one-hot segmentation (the "prior").
 
-    Fed the previous stage's prediction as it is, a cascade's second stage learns to copy its extent
-    rather than correct it. With probability ``prob`` per sample, each foreground class in random
-    order (each with ``prob_per_class``) is dilated, eroded, opened or closed by 1–``max_radius``
-    voxel steps (the 6-neighbour cross, iterated); grown voxels take the class from whatever was there,
-    removed ones become background. Then, with ``remove_prob``, each class loses one random connected
+    nnU-Net perturbs it so that a cascade's second stage learns to correct the previous stage's extent
+    rather than copy it (on the esophageal phantoms no gain was measured: docs/results.md, session 23).
+    With probability ``prob`` per sample, each foreground class in random order (each with
+    ``prob_per_class``) is dilated, eroded, opened or closed by 1–``max_radius`` voxel steps (the
+    6-neighbour cross, iterated); grown voxels take the class from whatever was there, removed ones
+    become background. Then, with ``remove_prob``, each class loses one random connected
     component smaller than ``max_component_fraction`` of the patch. Channel 0 is background; the
     result stays one-hot.
     """

@@ -138,8 +138,8 @@ class TrainOptions:
     classifier_lr: float = 3e-4
     seg_loss: str = "focal+dice"
     #: Train the full-resolution stage on randomly perturbed low-resolution priors (nnU-Net's cascade
-    #: augmentation), so it learns to correct the prior instead of copying its extent (docs/results.md,
-    #: session 22). Off by default until a model trained with it is measured.
+    #: augmentation), so it learns to correct the prior instead of copying its extent. Off by default:
+    #: a fine-tune of the demo model with it measured no gain in tumour Dice (docs/results.md, session 23).
     perturb_prior: bool = False
     base_features: int | None = None
     max_features: int | None = None
