@@ -19,7 +19,7 @@ def _case(shape=(12, 20, 20), prior_channels: int = 0) -> TrainingCase:
     ct = rng.normal(size=(1, *shape)).astype(np.float32)
     channels = [ct]
     if prior_channels:
-        channels.append((label[None] == np.arange(prior_channels).reshape(-1, 1, 1, 1)).astype(np.float32))
+        channels.append(one_hot(label, prior_channels))
     return TrainingCase("c0", np.concatenate(channels, 0), label, stage=1)
 
 
