@@ -47,7 +47,8 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     6-neighbour cross, iterated); grown voxels take the class from whatever was there, removed ones
     become background. Then, with ``remove_prob``, each class loses one random connected
     component smaller than ``max_component_fraction`` of the patch. Channel 0 is background; the
-    result stays one-hot.
+    result stays one-hot, except that voxels with an all-zero prior (the preprocessing's padding and
+    patch crops reaching outside the volume, which inference also sees as all-zero) stay all-zero.
     """
 
     OPERATIONS = (ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening,
@@ -69,6 +70,7 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     def perturb(self, prior) -> torch.Tensor:
         prior = plain_tensor(prior).float()
         n_classes = prior.shape[0]
+        outside = (prior.sum(0) == 0).numpy()
         labels = prior.argmax(0).numpy().astype(np.int16)
         changed = False
         if self.R.random_sample() < self.prob:
@@ -94,7 +96,9 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
                     changed = True
         if not changed:
             return prior
-        return torch.from_numpy(one_hot(labels, n_classes))
+        perturbed = one_hot(labels, n_classes)
+        perturbed[:, outside] = 0.0
+        return torch.from_numpy(perturbed)
 
 
 def nnunet_augmentation(anisotropic: bool = False, mirror: bool = True, prior_channels: int = 0,

@@ -143,6 +143,24 @@ def test_prior_perturbation_dilates_and_erodes_each_class():
     assert (both == 3).sum() == 0 and both[0, 0, 0] == 0 and (both == 1).sum() == 1
 
 
+def test_prior_perturbation_keeps_voxels_without_a_prior_empty():
+    """Padding outside the volume carries an all-zero prior, as at inference; perturbing a patch must not
+    turn it into "background" (argmax of all-zero) or grow a class into it."""
+    from scipy import ndimage
+
+    labels = _cube()
+    prior = _one_hot(labels)
+    prior[:, :, :, 6:] = 0.0  # the last three columns lie outside the volume
+    t = RandPerturbPriord("prior", prob=1.0, remove_prob=0.0, max_radius=2)
+    t.OPERATIONS = (ndimage.binary_dilation,)
+    t.set_random_state(seed=0)
+    out = t({"prior": prior})["prior"]
+    assert (out[:, :, :, 6:] == 0).all()
+    inside = out[:, :, :, :6]
+    assert torch.equal(inside.sum(0), torch.ones(inside.shape[1:]))
+    assert (inside.argmax(0) == 1).sum() > (labels[:, :, :6] == 1).sum()  # the cube did grow
+
+
 def test_prior_perturbation_off_is_the_identity_and_seeded_runs_repeat():
     from scipy import ndimage
 
