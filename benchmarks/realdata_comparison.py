@@ -231,6 +231,11 @@ def summarise(per_case: dict[str, dict[str, dict[str, dict[str, float]]]], organ
     return summary
 
 
+def _cell(value: float, spec: str) -> str:
+    """A table number, or "—" where it is undefined (an organ never found has no HD95; one case no SD)."""
+    return "—" if math.isnan(value) else format(value, spec)
+
+
 def markdown(result: dict[str, Any]) -> str:
     s, budget, methods = result["summary"], result["budget"], result["methods"]
     n_test, n_train = len(result["split"]["test"]), len(result["split"]["train"])
@@ -250,10 +255,10 @@ def markdown(result: dict[str, Any]) -> str:
     for organ in result["organs"]:
         r = s[organ]
         o, b = r["ours"], r["baseline"]
-        lines.append(f"| {organ} | {r['n']} | {o['dice_mean']:.3f} ± {o['dice_sd']:.3f} | "
-                     f"{b['dice_mean']:.3f} ± {b['dice_sd']:.3f} | {o['hd95_median_mm']:.1f} | "
-                     f"{b['hd95_median_mm']:.1f} | {o['missed']} / {b['missed']} | "
-                     f"{r.get('wilcoxon_p_dice', math.nan):.3g} |")
+        lines.append(f"| {organ} | {r['n']} | {_cell(o['dice_mean'], '.3f')} ± {_cell(o['dice_sd'], '.3f')} | "
+                     f"{_cell(b['dice_mean'], '.3f')} ± {_cell(b['dice_sd'], '.3f')} | "
+                     f"{_cell(o['hd95_median_mm'], '.1f')} | {_cell(b['hd95_median_mm'], '.1f')} | "
+                     f"{o['missed']} / {b['missed']} | {_cell(r.get('wilcoxon_p_dice', math.nan), '.3g')} |")
     m = s["mean_dice"]
     lines.append(f"| **mean over organs** | | **{m['ours']:.3f}** | **{m['baseline']:.3f}** | | | | |")
     return "\n".join(lines) + "\n"

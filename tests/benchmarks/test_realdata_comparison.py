@@ -69,6 +69,15 @@ def test_summary_pairs_cases_and_counts_missed_organs():
     assert 0.0 < a["wilcoxon_p_dice"] <= 1.0 and "wilcoxon_p_dice" not in summary["B"]
     assert summary["mean_dice"]["ours"] == pytest.approx((0.7 + 0.5) / 2)
     assert summary["mean_dice"]["baseline"] == pytest.approx((0.4 + 0.9) / 2)
+    result = {"summary": summary, "organs": ["A", "B"], "split": {"test": ["c1", "c2", "c3"], "train": ["t"]},
+              "budget": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "patch_size": [8, 8, 8],
+                         "spacing_mm": [1.0, 1.0, 1.0]},
+              "methods": {"ours": {"features": [8]}, "baseline": {"features": [32]}},
+              "train_time_s": {"ours": 1.0, "baseline": 2.0}, "hardware": {"processor": "x", "torch_threads": 1}}
+    rows = {line.split(" | ")[0]: line for line in okbp.markdown(result).splitlines()}
+    assert rows["| A"].startswith("| A | 3 | 0.700 ± 0.100 | 0.400 ± ") and "| 4.0 | 4.0 | 0 / 1 |" in rows["| A"]
+    # organ B: one case, so no SD and no test; undefined numbers read "—", never "nan"
+    assert rows["| B"] == "| B | 1 | 0.500 ± — | 0.900 ± — | 3.0 | 1.0 | 0 / 0 | — |"
 
 
 def test_dynunet_deep_supervision_outputs_become_a_list_in_training_only():
