@@ -231,12 +231,10 @@ def summarise(per_case: dict[str, dict[str, dict[str, dict[str, float]]]], organ
     return summary
 
 
-def _cell(value: float, spec: str) -> str:
-    """A table number, or "—" where it is undefined (an organ never found has no HD95; one case no SD)."""
-    return "—" if math.isnan(value) else format(value, spec)
-
-
 def markdown(result: dict[str, Any]) -> str:
+    """The results table; undefined numbers (an organ never found has no HD95, one case no SD) read "n/a"."""
+    from engine.metrics._common import format_number as num
+
     s, budget, methods = result["summary"], result["budget"], result["methods"]
     n_test, n_train = len(result["split"]["test"]), len(result["split"]["train"])
     lines = [f"Hold-out: {n_test} of {n_test + n_train} cases; budget per method: "
@@ -255,12 +253,12 @@ def markdown(result: dict[str, Any]) -> str:
     for organ in result["organs"]:
         r = s[organ]
         o, b = r["ours"], r["baseline"]
-        lines.append(f"| {organ} | {r['n']} | {_cell(o['dice_mean'], '.3f')} ± {_cell(o['dice_sd'], '.3f')} | "
-                     f"{_cell(b['dice_mean'], '.3f')} ± {_cell(b['dice_sd'], '.3f')} | "
-                     f"{_cell(o['hd95_median_mm'], '.1f')} | {_cell(b['hd95_median_mm'], '.1f')} | "
-                     f"{o['missed']} / {b['missed']} | {_cell(r.get('wilcoxon_p_dice', math.nan), '.3g')} |")
+        lines.append(f"| {organ} | {r['n']} | {num(o['dice_mean'], '.3f')} ± {num(o['dice_sd'], '.3f')} | "
+                     f"{num(b['dice_mean'], '.3f')} ± {num(b['dice_sd'], '.3f')} | "
+                     f"{num(o['hd95_median_mm'], '.1f')} | {num(b['hd95_median_mm'], '.1f')} | "
+                     f"{o['missed']} / {b['missed']} | {num(r.get('wilcoxon_p_dice', math.nan), '.3g')} |")
     m = s["mean_dice"]
-    lines.append(f"| **mean over organs** | | **{m['ours']:.3f}** | **{m['baseline']:.3f}** | | | | |")
+    lines.append(f"| **mean over organs** | | **{num(m['ours'])}** | **{num(m['baseline'])}** | | | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -55,7 +55,7 @@ from engine.metrics import (
     pearson,
     segmentation_scores,
 )
-from engine.metrics._common import JsonResult, json_value
+from engine.metrics._common import JsonResult, format_number, json_value
 
 __all__ = [
     "REPORT_FILES", "MIN_CASES_VOLUME_AGREEMENT", "CaseEvaluation", "MetricSummary", "StructureSummary",
@@ -463,9 +463,7 @@ def summarize(cases: Sequence[CaseEvaluation], stage_names: Sequence[str] | None
 # --- formatting ----------------------------------------------------------------------------------
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.{digits}f}"
+    return format_number(value, f".{digits}f")
 
 
 def _fmt_p(p: float | None) -> str:

@@ -20,6 +20,14 @@ class MetricInputError(EngineError, ValueError):
     """
 
 
+def format_number(value: float | None, spec: str = ".3f") -> str:
+    """A number for a Markdown table, or "n/a" where it is undefined (None, NaN, ±inf), for the same
+    reason :func:`json_value` writes ``null``: an undefined metric must not read as a number."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return format(value, spec)
+
+
 def json_value(value: Any) -> Any:
     """Convert NumPy scalars/arrays, tuples and nested dataclasses to plain JSON types; NaN/±inf → None.
 

@@ -76,8 +76,8 @@ def test_summary_pairs_cases_and_counts_missed_organs():
               "train_time_s": {"ours": 1.0, "baseline": 2.0}, "hardware": {"processor": "x", "torch_threads": 1}}
     rows = {line.split(" | ")[0]: line for line in okbp.markdown(result).splitlines()}
     assert rows["| A"].startswith("| A | 3 | 0.700 ± 0.100 | 0.400 ± ") and "| 4.0 | 4.0 | 0 / 1 |" in rows["| A"]
-    # organ B: one case, so no SD and no test; undefined numbers read "—", never "nan"
-    assert rows["| B"] == "| B | 1 | 0.500 ± — | 0.900 ± — | 3.0 | 1.0 | 0 / 0 | — |"
+    # organ B: one case, so no SD and no test; undefined numbers read "n/a", never "nan"
+    assert rows["| B"] == "| B | 1 | 0.500 ± n/a | 0.900 ± n/a | 3.0 | 1.0 | 0 / 0 | n/a |"
 
 
 def test_dynunet_deep_supervision_outputs_become_a_list_in_training_only():
