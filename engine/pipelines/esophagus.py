@@ -39,6 +39,7 @@ from engine.inference.tta import mirrored_class_probabilities
 from engine.inference.volumes import structure_volumes_cm3
 from engine.io.image import Image
 from engine.losses import DeepSupervisionLoss, segmentation_loss, stage_focal_loss
+from engine.metrics._common import format_number
 from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, SegmentationNet
 from engine.planning.planner import Plan
 from engine.preprocessing.pipeline import (PreprocessedCase, Preprocessor, PreprocessRecord,
@@ -654,7 +655,7 @@ def _card_header(name: str, variant: str, dataset_name: str, cases: int | None, 
 
 
 def _dice_table(metrics: dict) -> list[str]:
-    """Validation Dice per segmentation phase, one column per structure."""
+    """Validation Dice per segmentation phase, one column per structure ("n/a": not in the held-out fold)."""
     seg = {phase: m for phase, m in metrics.items() if phase in ("lowres", "fullres") and m}
     if not seg:
         return []
@@ -663,8 +664,8 @@ def _dice_table(metrics: dict) -> list[str]:
              "| stage | mean | " + " | ".join(n.replace("_", " ") for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for phase, m in seg.items():
-        lines.append(f"| {phase} | {m.get('dice', float('nan')):.3f} | "
-                     + " | ".join(f"{m.get('dice_' + n, float('nan')):.3f}" for n in names) + " |")
+        lines.append(f"| {phase} | {format_number(m.get('dice'))} | "
+                     + " | ".join(format_number(m.get('dice_' + n)) for n in names) + " |")
     return lines + [""]
 
 

@@ -675,3 +675,11 @@ def test_cli_ensemble_writes_a_bundle_that_runs(tiny, second_member, tmp_path, c
     metrics = json.loads(files["json"].read_text())
     assert len(metrics["member_classification"]) == 2 and "stage classifiers" in metrics["metadata"]
     assert "### Ensemble members" in files["markdown"].read_text()
+
+
+def test_model_card_dice_table_writes_unscored_structures_as_n_a():
+    """A structure absent from the held-out fold has no Dice (NaN, or no entry): "n/a", never "nan"."""
+    rows = eso._dice_table({"fullres": {"dice": 0.9, "dice_EC": float("nan"), "dice_aorta": 0.95},
+                            "lowres": {"dice": 0.8, "dice_aorta": 0.875}, "classifier": {"auc": 0.9}})
+    assert rows[2] == "| stage | mean | EC | aorta |"
+    assert rows[4:] == ["| fullres | 0.900 | n/a | 0.950 |", "| lowres | 0.800 | n/a | 0.875 |", ""]
