@@ -1,0 +1,216 @@
+"""What a task is: its declaration (name, modality, labels, stages, plan defaults, phantom) and its
+entry points (train, Segment & Stage, evaluate, model card, CLI options).
+
+This module imports neither torch nor MONAI: the command line's parser, ``engine tasks``, the model
+list and the Slicer modules read task declarations without loading a network library. A task's
+heavy code is imported inside its entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from engine.errors import EngineError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from engine.registry.bundle import ModelBundle
+
+#: Where a command may run; ``auto`` picks CUDA when available.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: Test-time augmentation levels: "all" mirrors the segmentation and the stage classifier, "stage"
+#: only the classifier, "none" neither. A task without a stage reads "stage" as "none".
+TTA_MODES = ("all", "stage", "none")
+TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (about 4x the "
+            "segmentation time) and the stage probabilities over the classifier's mirrorings; 'stage' only the "
+            "latter (fast); 'none' neither")
+#: Commands whose options a task may extend with :meth:`Task.add_arguments`.
+TASK_COMMANDS = ("train", "run", "evaluate")
+
+ProgressFn = Callable[[str, float], None]
+CancelFn = Callable[[], bool]
+
+
+def check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise EngineError(f"Test-time augmentation must be one of {', '.join(TTA_MODES)}, not {tta!r}.")
+
+
+def code(scheme: str, value: str, meaning: str) -> dict[str, str]:
+    """One coded concept (DICOM ``(scheme, code, meaning)`` triplet), as Slicer's terminologies store it."""
+    return {"coding_scheme": scheme, "code": value, "meaning": meaning}
+
+
+def anatomy(snomed: str, meaning: str) -> dict[str, Any]:
+    """Terminology of a normal anatomical structure (SNOMED CT)."""
+    return {"category": code("SCT", "123037004", "Anatomical Structure"), "type": code("SCT", snomed, meaning)}
+
+
+def neoplasm() -> dict[str, Any]:
+    """Terminology of a tumour: a morphologically altered structure of type neoplasm (SNOMED CT)."""
+    return {"category": code("SCT", "49755003", "Morphologically Altered Structure"),
+            "type": code("SCT", "108369006", "Neoplasm")}
+
+
+@dataclass(frozen=True)
+class Label:
+    """One segmentation label; colour and terminology let Slicer show it like a hand-made segment."""
+
+    name: str
+    value: int
+    color: tuple[int, int, int]
+    terminology: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "value": self.value, "color": list(self.color)}
+        if self.terminology is not None:
+            d["terminology"] = dict(self.terminology)
+        return d
+
+
+#: Colour of a structure that a task's label table does not know (a user's extra label).
+UNKNOWN_LABEL_COLOR = (200, 200, 200)
+
+
+@dataclass(frozen=True)
+class PlanDefaults:
+    """What a task's method fixes in the plan; everything else the planner derives from the data.
+
+    ``dims`` 2 plans slice-by-slice training at ``patch_size`` in-plane; ``cascade`` adds the
+    low-resolution stage of a coarse-to-fine cascade; ``target_spacing``/``patch_size`` (z, y, x)
+    override the median-spacing and memory-budget rules where the paper prescribes them.
+    """
+
+    dims: int = 3
+    cascade: bool = False
+    target_spacing: tuple[float, ...] | None = None
+    patch_size: tuple[int, ...] | None = None
+
+
+@dataclass
+class Task:
+    """A task plug-in: its declaration, and entry points that subclasses implement.
+
+    Declaring a task takes an instance with the fields filled in; making it trainable and runnable
+    takes a subclass that overrides :meth:`train`, :meth:`segment`, :meth:`evaluate` (and usually
+    :meth:`add_arguments` and :meth:`options_from_args`). Register it with
+    :func:`engine.tasks.register_task`, an ``oncostaging.tasks`` entry point, or the
+    ``ONCOSTAGING_TASKS`` environment variable.
+    """
+
+    name: str
+    title: str
+    modality: str
+    labels: tuple[Label, ...]
+    stage_names: tuple[str, ...] | None = None
+    #: Label the staging and the overview figure centre on (the tumour), if any.
+    tumour_label: str | None = None
+    plan_defaults: PlanDefaults = field(default_factory=PlanDefaults)
+    #: Module of the phantom generator (``generate(seed, preset, **options)``, ``description()``,
+    #: ``HAS_TARGETS``), imported when a phantom is asked for.
+    phantom: str | None = None
+    #: The Slicer module that presents this task.
+    slicer_module: str | None = None
+    #: One line on what is built of this task, shown by ``engine tasks``.
+    summary: str = ""
+
+    # --- declaration -----------------------------------------------------------------------------
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        """``{"background": 0, name: value, ...}``, the ``labels`` of a dataset.json."""
+        return {"background": 0, **{lab.name: lab.value for lab in self.labels}}
+
+    def label(self, name: str) -> Label | None:
+        return next((lab for lab in self.labels if lab.name == name), None)
+
+    def styled_labels(self, labels: Mapping[str, int]) -> list[Label]:
+        """A plan's ``{name: value}`` as bundle labels, with this task's colours and terminology."""
+        out = []
+        for name, value in sorted(labels.items(), key=lambda kv: kv[1]):
+            if value == 0:
+                continue
+            known = self.label(name)
+            out.append(Label(name, int(value), known.color if known else UNKNOWN_LABEL_COLOR,
+                             known.terminology if known else None))
+        return out
+
+    def phantom_module(self) -> ModuleType:
+        if self.phantom is None:
+            raise EngineError(f"Task '{self.name}' has no phantom generator.")
+        return importlib.import_module(self.phantom)
+
+    @property
+    def has_pipeline(self) -> bool:
+        """Whether this task trains and runs models (a declaration alone only describes data)."""
+        return type(self).train is not Task.train
+
+    # --- command line ----------------------------------------------------------------------------
+
+    def add_arguments(self, command: str, parser: argparse.ArgumentParser) -> None:
+        """Add the options this task brings to ``command`` (one of :data:`TASK_COMMANDS`)."""
+
+    def options_from_args(self, command: str, args: argparse.Namespace) -> dict[str, Any]:
+        """Keyword arguments for the entry point of ``command`` from the parsed command line."""
+        return {}
+
+    # --- entry points ----------------------------------------------------------------------------
+
+    def _not_built(self, what: str) -> EngineError:
+        return EngineError(f"Task '{self.name}' ({self.title}) has no {what} yet; tasks that have one: "
+                           + ", ".join(_runnable_names()) + ".")
+
+    def train(self, dataset: str | Path, out_dir: str | Path, *, plan: Any = None, callbacks: Sequence[Any] = (),
+              overwrite: bool = False, command: str | None = None, resume: bool = False,
+              **options: Any) -> "ModelBundle":
+        """Train this task's model on ``dataset`` and write a bundle to ``out_dir``."""
+        raise self._not_built("training pipeline")
+
+    def load_predictor(self, model: Any = None, device: str = "auto") -> Any:
+        """A predictor holding ``model`` (bundle, path, installed id or None for the default) on ``device``,
+        to pass as ``model`` to :meth:`segment` for many inputs."""
+        raise self._not_built("Segment & Stage")
+
+    def segment(self, source: Any, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+                gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, series_uid: str | None = None, **options: Any) -> Any:
+        """Segment & Stage one image into ``out_dir`` (all files or none); returns a run result."""
+        raise self._not_built("Segment & Stage")
+
+    def run_batch(self, source: str | Path, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+                  gradcam: bool = True, overwrite: bool = False,
+                  progress: Callable[[int, int, str], None] | None = None, cancel: CancelFn | None = None,
+                  **options: Any) -> Path:
+        """Segment & Stage a folder of images or a CSV list, one sub-folder per case + ``summary.csv``."""
+        from engine.pipelines.runner import run_batch
+
+        return run_batch(self, source, out_dir, model, device=device, gradcam=gradcam, overwrite=overwrite,
+                         progress=progress, cancel=cancel, **options)
+
+    def evaluate(self, dataset: str | Path, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                 cancel: CancelFn | None = None, **options: Any) -> dict[str, Path]:
+        """Run a model on every labelled case of ``dataset``; write metrics.json/.md and plots."""
+        raise self._not_built("evaluation")
+
+    def ensemble(self, models: Sequence[Any], out_dir: str | Path, **options: Any) -> "ModelBundle":
+        """One bundle combining several trained models of this task (e.g. other folds or seeds)."""
+        raise self._not_built("ensembles")
+
+    def ensemble_members(self, bundle: "ModelBundle") -> list[str]:
+        """The weight names of the models an ensemble bundle combines (one for a single model)."""
+        return [w.name for w in bundle.weights]
+
+    def model_card(self, bundle: "ModelBundle") -> str:
+        """The bundle's model card (Markdown); by default the one written at training time."""
+        return bundle.read_model_card() or f"# {bundle.name}\n\nNo model card was written for this model.\n"
+
+
+def _runnable_names() -> list[str]:
+    from engine.tasks.registry import all_tasks
+
+    return [t.name for t in all_tasks() if t.has_pipeline]

@@ -1,0 +1,94 @@
+"""EsophagusStaging: esophageal cancer on CT — five structures segmented and the T-stage (T1–T4) by
+nn-TransEC (cascade segmentation → KRT crop → stage classifier with transfer and cross-task attention).
+
+This file declares the task and maps its entry points to the modules that implement them; it
+imports no network library, so listing tasks and models stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.tasks.base import Label, PlanDefaults, Task, anatomy, neoplasm
+
+STAGES = ("T1", "T2", "T3", "T4")
+TUMOUR, ORGAN_OF_ORIGIN = "EC", "esophagus"
+
+LABELS = (
+    Label("EC", 1, (230, 41, 41), neoplasm()),
+    Label("aorta", 2, (224, 122, 40), anatomy("15825003", "Aorta")),
+    Label("esophagus", 3, (214, 184, 128), anatomy("32849002", "Esophagus")),
+    Label("lymph node", 4, (80, 190, 80), anatomy("59441001", "Lymph node")),
+    Label("pericardium", 5, (90, 130, 230), anatomy("76848001", "Pericardium")),
+)
+
+
+class EsophagusTask(Task):
+    """nn-TransEC: training in three phases, Segment & Stage, evaluation, ensembles."""
+
+    def add_arguments(self, command: str, parser: argparse.ArgumentParser) -> None:
+        if command == "train":
+            from engine.tasks.esophagus.cli import add_train_arguments
+
+            add_train_arguments(parser)
+
+    def options_from_args(self, command: str, args: argparse.Namespace) -> dict[str, Any]:
+        if command == "train":
+            from engine.tasks.esophagus.cli import train_options
+
+            return {"options": train_options(args)}
+        return {}
+
+    def train(self, dataset, out_dir, *, plan=None, callbacks=(), overwrite=False, command=None, resume=False,
+              **options):
+        from engine.pipelines import esophagus
+
+        return esophagus.train(dataset, out_dir, options.get("options"), plan=plan, callbacks=list(callbacks),
+                               overwrite=overwrite, command=command, resume=resume)
+
+    def load_predictor(self, model=None, device="auto"):
+        from engine.pipelines import esophagus
+
+        if isinstance(model, esophagus.EsophagusPredictor):
+            return model
+        return esophagus.EsophagusPredictor(esophagus.load_model(model), device)
+
+    def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False, progress=None,
+                cancel=None, series_uid=None, tta="all", **options):
+        from engine.pipelines import esophagus
+
+        return esophagus.segment_and_stage(source, out_dir, model, device=device, gradcam=gradcam,
+                                           overwrite=overwrite, progress=progress, cancel=cancel,
+                                           series_uid=series_uid, tta=tta)
+
+    def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None, cancel=None,
+                 tta="all", **options):
+        from engine.pipelines import esophagus
+
+        return esophagus.evaluate(dataset, out_dir, model, device=device, overwrite=overwrite, progress=progress,
+                                  cancel=cancel, tta=tta, cases=options.get("cases"))
+
+    def ensemble(self, models, out_dir, **options):
+        from engine.pipelines import esophagus
+
+        return esophagus.ensemble_classifiers(models, out_dir, **options)
+
+    def ensemble_members(self, bundle) -> list[str]:
+        from engine.pipelines import esophagus
+
+        return esophagus.classifier_weight_names(bundle)
+
+
+TASK = EsophagusTask(
+    name="esophagus",
+    title="Esophageal cancer segmentation and T-staging (nn-TransEC)",
+    modality="CT",
+    labels=LABELS,
+    stage_names=STAGES,
+    tumour_label=TUMOUR,
+    plan_defaults=PlanDefaults(dims=3, cascade=True),
+    phantom="engine.synth.esophagus",
+    slicer_module="EsophagusStaging",
+    summary="cascade segmentation of 5 structures, KRT crop, T1-T4 classifier, Grad-CAM; trains and runs",
+)
