@@ -1,33 +1,21 @@
-"""Zip export and offline import of model bundles.
+"""Safe extraction of bundle zips.
 
 A zip comes from outside (a colleague, a website), so extraction trusts nothing: member paths that
 are absolute or climb out with ``..`` (zip-slip), symlinks, encrypted members and archives that
 unpack to more than :data:`MAX_UNPACKED_BYTES` are refused, and the byte limit is enforced on what is
-actually written, not on the sizes the archive claims. A bundle is verified (sha256) before it is
-placed in the registry, and it is placed with one rename, so a failed import leaves nothing behind.
+actually written, not on the sizes the archive claims. Export and import are in
+:mod:`engine.registry.transfer`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from engine.errors import BundleError
-from engine.registry.bundle import (
-    MANIFEST_NAME,
-    MODEL_CARD_NAME,
-    ModelBundle,
-    _check_target,
-    _replace_dir,
-    load_bundle,
-)
-
-log = logging.getLogger(__name__)
+from engine.registry.manifest import MANIFEST_NAME
 
 #: Unpacked size limit: far above any model of these tasks, far below filling a disk.
 MAX_UNPACKED_BYTES = 2 * 1024**3
@@ -136,83 +124,3 @@ def extract_bundle_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> 
     """Safely extract a bundle zip into ``dest`` and return the folder holding model.json."""
     safe_extract(zip_path, dest)
     return find_bundle_root(Path(dest), Path(zip_path))
-
-
-def export_bundle(bundle: ModelBundle | str | os.PathLike, zip_path: str | os.PathLike,
-                  overwrite: bool = False) -> Path:
-    """Zip a verified bundle as ``<id>-<version>/...`` (written to a temp file, then renamed)."""
-    if not isinstance(bundle, ModelBundle):
-        bundle = load_bundle(bundle, verify=True)
-    else:
-        bundle.verify()  # never hand on a bundle that was altered since it was loaded
-    out = Path(zip_path).expanduser().absolute()
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out} already exists; choose another file name or pass overwrite=True.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    top = bundle.folder_name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with zipfile.ZipFile(tmp, "w") as zf:
-            # Weights are stored uncompressed: float tensors barely compress, and it keeps export fast.
-            for w in bundle.weights:
-                zf.write(bundle.path / w.file, f"{top}/{w.file}", compress_type=zipfile.ZIP_STORED)
-            card = bundle.model_card_path
-            if card is not None:
-                zf.write(card, f"{top}/{MODEL_CARD_NAME}", compress_type=zipfile.ZIP_DEFLATED)
-            zf.write(bundle.path / MANIFEST_NAME, f"{top}/{MANIFEST_NAME}",
-                     compress_type=zipfile.ZIP_DEFLATED)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("Exported model %s %s to %s", bundle.id, bundle.version, out)
-    return out
-
-
-def import_bundle(zip_path: str | os.PathLike, registry_dir: str | os.PathLike | None = None,
-                  overwrite: bool = False) -> ModelBundle:
-    """Install a bundle zip (or folder) as ``<registry>/<id>-<version>/`` after full verification.
-
-    The zip is unpacked into a hidden folder inside the registry (same file system, so the final
-    move is one atomic rename); an installed bundle with the same id and version is kept unless
-    ``overwrite``.
-    """
-    from engine.registry.registry import user_model_dir
-
-    src = Path(zip_path).expanduser()
-    if not src.exists():
-        raise BundleError(f"{src} does not exist; give the path of an exported model .zip.")
-    reg = Path(registry_dir).expanduser() if registry_dir is not None else user_model_dir()
-    reg.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=reg))
-    try:
-        if src.is_dir():
-            root = find_bundle_root(src)
-            shutil.copytree(root, staging / "bundle", symlinks=True)
-            root = staging / "bundle"
-        else:
-            extract_bundle_zip(src, staging)
-            root = find_bundle_root(staging, src)
-        bundle = load_bundle(root, verify=True)
-        target = reg / bundle.folder_name
-        if target.exists() and not overwrite:
-            raise BundleError(f"Model '{bundle.id}' {bundle.version} is already installed at {target}; "
-                              "nothing was changed. Pass overwrite=True to replace it, or give the new "
-                              "model another version.")
-        if root == staging:
-            # Content was at the zip's top level: move it into its own folder before renaming.
-            inner = staging / f".{bundle.folder_name}"
-            inner.mkdir()
-            for entry in list(staging.iterdir()):
-                if entry != inner:
-                    os.replace(entry, inner / entry.name)
-            root = inner
-        os.chmod(root, 0o755)
-        _check_target(target, overwrite, "importing the model")
-        _replace_dir(root, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("Imported model %s %s (%s) into %s", bundle.id, bundle.version, bundle.task, target)
-    return load_bundle(target, verify=False)

@@ -1,67 +1,27 @@
 """Where models live and which one a task uses by default.
 
-Two places are scanned: the **user model directory** (imported and self-trained models; per user,
-never inside the installed package, so upgrades and read-only installs never lose or block them)
-and the **builtin directory** of demo weights shipped with the repository. A broken bundle in
-either is listed as invalid with its reason instead of breaking the model list for everyone else.
+Two places are scanned (see :mod:`engine.registry.paths`): the user model directory and the builtin
+directory of demo bundles. A broken bundle in either is listed as invalid with its reason instead of
+breaking the model list for everyone else.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import engine
 from engine.errors import BundleError
-from engine.registry.bundle import (
-    TASKS,
-    ModelBundle,
-    load_bundle,
-    read_manifest,
-    semver_key,
-)
+from engine.registry.bundle import load_bundle
+from engine.registry.manifest import ModelBundle, check_task, read_manifest, semver_key
+from engine.registry.paths import BUILTIN_DIR_ENV, MODEL_DIR_ENV, builtin_dir, user_model_dir
+from engine.tasks import task_names
+
+__all__ = ["BUILTIN_DIR_ENV", "MODEL_DIR_ENV", "BundleInfo", "builtin_dir", "find_bundle", "list_bundles",
+           "user_model_dir"]
 
 log = logging.getLogger(__name__)
-
-MODEL_DIR_ENV = "ONCOSTAGING_MODEL_DIR"
-BUILTIN_DIR_ENV = "ONCOSTAGING_BUILTIN_MODELS"
-
-
-def _package_dir() -> Path:
-    return Path(engine.__file__).resolve().parent
-
-
-def user_model_dir() -> Path:
-    """``$ONCOSTAGING_MODEL_DIR`` or the platform's per-user data folder; not created here."""
-    env = os.environ.get(MODEL_DIR_ENV, "").strip()
-    if env:
-        path = Path(env).expanduser().absolute()
-        if path.resolve().is_relative_to(_package_dir()):
-            raise BundleError(f"{MODEL_DIR_ENV}={env} points inside the installed engine package "
-                              f"({_package_dir()}), which upgrades replace; choose a folder of your own.")
-        return path
-    home = Path.home()
-    if sys.platform.startswith("win"):
-        base = Path(os.environ["APPDATA"]) if os.environ.get("APPDATA") else home / "AppData" / "Roaming"
-        return base / "OncoStaging" / "models"
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "OncoStaging" / "models"
-    xdg = os.environ.get("XDG_DATA_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else home / ".local" / "share"
-    return base / "oncostaging" / "models"
-
-
-def builtin_dir() -> Path | None:
-    """Shipped demo bundles: ``$ONCOSTAGING_BUILTIN_MODELS``, else ``models/`` beside ``engine`` if any."""
-    env = os.environ.get(BUILTIN_DIR_ENV, "").strip()
-    if env:
-        return Path(env).expanduser().absolute()
-    path = _package_dir().parent / "models"
-    return path if path.is_dir() else None
-
 
 @dataclass
 class BundleInfo:
@@ -90,6 +50,7 @@ class BundleInfo:
 
 def _scan(folder: Path, source: str, task: str | None) -> list[BundleInfo]:
     infos: list[BundleInfo] = []
+    known = task_names()
     try:
         entries = sorted(folder.iterdir())
     except FileNotFoundError:
@@ -123,7 +84,7 @@ def _scan(folder: Path, source: str, task: str | None) -> list[BundleInfo]:
                 info = BundleInfo(path=entry, source=source, valid=False, error=f"unreadable: {exc}")
                 log.warning("Skipping unreadable model bundle %s: %s", entry, exc)
         # Invalid entries of unknown task stay in every filtered list, so the user sees the problem.
-        if task is None or info.task == task or (not info.valid and info.task not in TASKS):
+        if task is None or info.task == task or (not info.valid and info.task not in known):
             infos.append(info)
     return infos
 
@@ -141,8 +102,8 @@ def list_bundles(task: str | None = None, include_builtin: bool = True) -> list[
     Validation checks model.json and the presence and size of each weights file, but not the sha256:
     that is checked when a model is actually loaded (:func:`find_bundle`), so listing stays fast.
     """
-    if task is not None and task not in TASKS:
-        raise BundleError(f"Unknown task '{task}'; known tasks are {', '.join(TASKS)}.")
+    if task is not None:
+        check_task(task)
     infos = _scan(user_model_dir(), "user", task)
     bdir = builtin_dir() if include_builtin else None
     if bdir is not None and bdir.resolve() != user_model_dir().resolve():
@@ -168,8 +129,7 @@ def find_bundle(task: str, model_id: str | None = None, include_builtin: bool = 
     ``model_id`` selects an id (newest version), an ``<id>-<version>`` folder name, or a path to a
     bundle folder/zip. The chosen bundle is loaded with sha256 verification unless ``verify=False``.
     """
-    if task not in TASKS:
-        raise BundleError(f"Unknown task '{task}'; known tasks are {', '.join(TASKS)}.")
+    check_task(task)
     if model_id is not None and (os.sep in model_id or "/" in model_id or model_id.endswith(".zip")):
         return load_bundle(model_id, expected_task=task, verify=verify)
     infos = list_bundles(task=None, include_builtin=include_builtin)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, TextIO
 
-from engine.training.checkpoint import atomic_write_text
+from engine.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

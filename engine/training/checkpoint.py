@@ -32,8 +32,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file as st_save_file
 
-from engine.utils.atomic import fsync_dir, fsync_file, temporary_path, atomic_write_bytes, atomic_write_text  # noqa: F401
 from engine.errors import TrainingError
+from engine.utils.atomic import atomic_write_text, fsync_file, temporary_path
+from engine.utils.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,6 @@ MANIFEST = "checkpoint.json"
 FORMAT = "oncostaging-training-checkpoint"
 FORMAT_VERSION = 1
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
-
-
-# atomic file writes live in engine.utils.atomic (shared with reports and bundles)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- tensor/structure split
@@ -308,7 +298,7 @@ def load_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "Checkpoint", "MANIFEST", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
+    "Checkpoint", "MANIFEST", "capture_rng_state",
     "flatten_state", "has_checkpoint", "load_checkpoint", "load_model_weights", "model_tensors",
     "restore_rng_state", "save_checkpoint", "sha256_file", "unflatten_state", "unwrap_model",
 ]

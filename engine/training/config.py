@@ -18,6 +18,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from engine.errors import TrainingError
+from engine.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,6 @@ class TrainerConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        from engine.training.checkpoint import atomic_write_text
         atomic_write_text(Path(path), self.to_json() + "\n")
 
     @classmethod

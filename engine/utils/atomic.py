@@ -1,11 +1,14 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``, so readers
-(and a crash) never see half a file."""
+"""Atomic file and folder writes: a temporary file (or folder) beside the target, then ``os.replace``,
+so readers (and a crash) never see half a file or half a folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
+
+from engine.errors import EngineError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -52,3 +55,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target``; an existing target is swapped out first and only
+    removed once the new folder is in place, so a failure leaves the old one."""
+    backup: Path | None = None
+    if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, backup)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, target)
+        raise
+    if backup is not None:
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
+
+
+def check_target(out_dir: Path, overwrite: bool, what: str, error: type[Exception] = EngineError) -> None:
+    """Refuse (raising ``error``) to let ``what`` replace a non-empty ``out_dir`` unless ``overwrite``."""
+    if out_dir.exists() and not overwrite:
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise error(f"{out_dir} already exists and is not empty; {what} would replace it. "
+                        "Choose another folder, remove it, or pass overwrite=True.")
