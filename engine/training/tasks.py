@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine.inference.tta import mirrored_class_probabilities
-from engine.training.trainer import StepOutput, move_to_device
+from engine.training.steps import StepOutput, move_to_device
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:

@@ -1,11 +1,11 @@
 """A task-agnostic training loop.
 
 Every pipeline (esophagus cascade + classifier, NPC multitask, GTV 2D cascade, PET multitask)
-shares this loop and supplies only a small :class:`TrainingTask` object that knows how to turn a
-batch into a loss and validation metrics. The loop owns what must be right once: device and
-bf16 autocast, seeding, per-epoch reproducible shuffling, clipping, validation cadence, early
-stopping, per-step cancellation, atomic checkpoints with bit-exact resume, progress events,
-``history.csv`` and DDP under ``torchrun``.
+shares this loop and supplies only a small :class:`~engine.training.steps.TrainingTask` object that
+knows how to turn a batch into a loss and validation metrics. The loop owns what must be right once:
+device and bf16 autocast, seeding, per-epoch reproducible shuffling (:mod:`engine.training.loaders`),
+clipping, validation cadence, early stopping, per-step cancellation, atomic checkpoints with
+bit-exact resume, progress events, ``history.csv`` and DDP under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import math
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler,
-                              SequentialSampler, Subset)
 
 from engine.errors import Cancelled, TrainingError
 from engine.training.callbacks import Callback, CsvHistoryLogger, ProgressEvent
@@ -31,7 +28,14 @@ from engine.training.checkpoint import (capture_rng_state, has_checkpoint, load_
 from engine.training.config import TrainerConfig, build_optimizer, build_scheduler
 from engine.training.distributed import (DistributedContext, cleanup_distributed, init_distributed,
                                          wrap_model)
+from engine.training.loaders import DataSource, LoaderContext, build_loader, epoch_batches, epoch_seed
+from engine.training.steps import StepOutput, TrainingResult, TrainingTask, mean_metrics, move_to_device
 from engine.utils.seeding import seed_everything
+
+__all__ = [
+    "BEST_DIR", "CONFIG_FILE", "HISTORY_FILE", "LAST_DIR", "Callback", "DataSource", "LoaderContext",
+    "StepOutput", "Trainer", "TrainingResult", "TrainingTask", "build_loader", "move_to_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,150 +43,6 @@ HISTORY_FILE = "history.csv"
 CONFIG_FILE = "trainer_config.json"
 LAST_DIR = "checkpoints/last"
 BEST_DIR = "checkpoints/best"
-
-
-# --------------------------------------------------------------------------- task protocol
-
-@dataclass
-class StepOutput:
-    """What a training step returns: the loss to back-propagate and float metrics to log.
-
-    ``batch_size`` (optional) weights the step in the epoch mean; steps count equally otherwise.
-    """
-
-    loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-    batch_size: int | None = None
-
-
-@runtime_checkable
-class TrainingTask(Protocol):
-    """The per-pipeline part of training.
-
-    ``model`` is the (possibly DDP-wrapped) module in ``training_step`` and the bare module in
-    ``validation_step``; the task moves the batch to ``device`` itself (:func:`move_to_device`).
-    ``training_step`` may return a bare loss tensor. Optional hooks, found by name:
-
-    * ``validation_epoch_end(outputs: list[dict]) -> dict[str, float]`` – aggregate all validation
-      outputs (gathered from every rank); default: mean of each numeric key. Use it for metrics
-      that do not average (AUC, C-index, global Dice) by returning per-case values from the step.
-    * ``parameter_groups(model) -> iterable`` – param groups (e.g. lower lr for a backbone).
-    * ``on_epoch_start(epoch: int, model) -> None`` – curricula, sampling schedules.
-    * ``state_dict() -> dict`` / ``load_state_dict(dict)`` – task state saved in checkpoints
-      (tensors, numbers, strings, lists, dicts only).
-    """
-
-    def training_step(self, model: torch.nn.Module, batch: Any, device: torch.device) -> StepOutput | torch.Tensor:
-        ...
-
-    def validation_step(self, model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
-        ...
-
-
-def move_to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
-    """Tensors anywhere in nested dicts/lists/tuples moved to ``device``; other values unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking and device.type == "cuda")
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device, non_blocking) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(v, device, non_blocking) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device, non_blocking) for v in batch)
-    return batch
-
-
-# --------------------------------------------------------------------------- data loading
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed from (run seed, epoch): shuffling of epoch e never depends on history."""
-    return int(np.random.SeedSequence([seed % (2**32), epoch]).generate_state(2, np.uint32).view(np.uint64)[0]
-               >> np.uint64(1))
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: numpy/random in each worker follow the worker's torch seed."""
-    import random
-
-    s = torch.initial_seed() % (2**32)
-    np.random.seed(s)
-    random.seed(s)
-
-
-@dataclass
-class LoaderContext:
-    """Handed to a data-loader factory: which epoch, which rank, and a generator seeded for it."""
-
-    epoch: int
-    seed: int
-    rank: int
-    world_size: int
-    train: bool
-    config: TrainerConfig
-    generator: torch.Generator
-
-    def loader(self, dataset: Dataset, batch_size: int | None = None, shuffle: bool | None = None,
-               collate_fn: Callable[[list[Any]], Any] | None = None, **kwargs: Any) -> DataLoader:
-        """The trainer's standard loader (rank sharding, per-epoch seeding) for ``dataset``."""
-        return build_loader(dataset, self, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                            **kwargs)
-
-
-def build_loader(dataset: Dataset, ctx: LoaderContext, batch_size: int | None = None,
-                 shuffle: bool | None = None, drop_last: bool | None = None,
-                 collate_fn: Callable[[list[Any]], Any] | None = None, **kwargs: Any) -> DataLoader:
-    """DataLoader whose order depends only on (seed, epoch, rank), so a resumed run sees the same batches.
-
-    Training under DDP uses :class:`DistributedSampler` (``set_epoch`` each epoch); validation is
-    sharded without padding (``rank::world_size``) so no case is counted twice.
-    """
-    cfg = ctx.config
-    if batch_size is None:
-        batch_size = cfg.batch_size if ctx.train else (cfg.val_batch_size or cfg.batch_size)
-    shuffle = (cfg.shuffle if ctx.train else False) if shuffle is None else shuffle
-    drop_last = (cfg.drop_last if ctx.train else False) if drop_last is None else drop_last
-    sampler = None
-    if isinstance(dataset, IterableDataset):
-        pass  # the dataset shards and orders itself
-    elif ctx.world_size > 1 and ctx.train:
-        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
-                                     seed=cfg.seed, drop_last=drop_last)
-        sampler.set_epoch(ctx.epoch)
-    elif ctx.world_size > 1:
-        dataset = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))  # type: ignore[arg-type]
-        sampler = SequentialSampler(dataset)
-    else:
-        sampler = RandomSampler(dataset, generator=ctx.generator) if shuffle else SequentialSampler(dataset)
-    num_workers = kwargs.pop("num_workers", cfg.num_workers)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      collate_fn=collate_fn, num_workers=num_workers, generator=ctx.generator,
-                      worker_init_fn=seed_worker if num_workers else None,
-                      pin_memory=kwargs.pop("pin_memory", torch.cuda.is_available()), **kwargs)
-
-
-#: ``train_data``/``val_data``: a Dataset, a factory ``(LoaderContext) -> iterable of batches``,
-#: or a ready iterable (re-iterated each epoch; shuffling then is the caller's business).
-DataSource = Dataset | Callable[[LoaderContext], Iterable[Any]] | Iterable[Any]
-
-
-# --------------------------------------------------------------------------- results
-
-@dataclass
-class TrainingResult:
-    """Outcome of :meth:`Trainer.fit`. ``epochs_run`` counts completed epochs, including resumed ones."""
-
-    epochs_run: int
-    start_epoch: int
-    global_step: int
-    best_metric: float | None
-    best_epoch: int | None
-    monitor: str
-    stopped_early: bool
-    cancelled: bool
-    history_path: Path
-    checkpoint_path: Path | None
-    best_checkpoint_path: Path | None
-    final_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class _CancelRequest(Exception):
@@ -266,15 +126,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, mode=cfg.mode)
         state = _LoopState()
 
-        source = resume_from
-        if source is None and self.resume:
-            if has_checkpoint(self.last_dir):
-                source = self.last_dir
-            else:
-                log.info("No checkpoint in %s; starting a new run.", self.last_dir)
-        elif source is None and has_checkpoint(self.last_dir) and ctx.is_main:
-            log.warning("%s holds a checkpoint of an earlier run; it will be overwritten "
-                        "(use resume=True to continue it).", self.last_dir)
+        source = self._resume_source(resume_from)
         rng_to_restore = None
         if source is not None:
             rng_to_restore = self._restore(source, model, optimizer, scheduler, state)
@@ -322,6 +174,19 @@ class Trainer:
             checkpoint_path=self.last_dir if has_checkpoint(self.last_dir) else None,
             best_checkpoint_path=self.best_dir if has_checkpoint(self.best_dir) else None,
             final_metrics=final_metrics)
+
+    def _resume_source(self, resume_from: Path | None) -> Path | None:
+        """The checkpoint folder to continue from: ``resume_from``, else the last one when ``resume``."""
+        if resume_from is not None:
+            return resume_from
+        if self.resume:
+            if has_checkpoint(self.last_dir):
+                return self.last_dir
+            log.info("No checkpoint in %s; starting a new run.", self.last_dir)
+        elif has_checkpoint(self.last_dir) and self._ctx.is_main:
+            log.warning("%s holds a checkpoint of an earlier run; it will be overwritten "
+                        "(use resume=True to continue it).", self.last_dir)
+        return None
 
     def _use_amp(self, device: torch.device) -> bool:
         """bf16 autocast on CUDA only (no loss scaling needed); CPU trains in fp32."""
@@ -401,14 +266,7 @@ class Trainer:
         lctx = LoaderContext(epoch=epoch, seed=self.config.seed, rank=ctx.rank, world_size=ctx.world_size,
                              train=train, config=self.config,
                              generator=torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch)))
-        if isinstance(source, Dataset):
-            return build_loader(source, lctx, collate_fn=self.collate_fn)
-        if callable(source):
-            return source(lctx)
-        if isinstance(source, Iterable):
-            return source
-        raise TrainingError(f"Training/validation data must be a Dataset, a loader factory or an iterable; "
-                            f"got {type(source).__name__}.")
+        return epoch_batches(source, lctx, self.collate_fn)
 
     def _train_epoch(self, epoch: int, train_model: torch.nn.Module, model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, state: _LoopState) -> dict[str, float]:
@@ -491,7 +349,7 @@ class Trainer:
         if callable(end):
             metrics = end(outputs)
         else:
-            metrics = _mean_metrics(outputs)
+            metrics = mean_metrics(outputs)
         return {k: float(v) for k, v in sorted(metrics.items())}
 
     # ------------------------------------------------------------------ cancellation
@@ -606,19 +464,3 @@ class Trainer:
                 if isinstance(cb, CsvHistoryLogger):
                     raise
                 log.exception("Progress callback %r failed; continuing.", cb)
-
-
-def _mean_metrics(outputs: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of each numeric key over validation batches (keys absent from a batch are skipped)."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for out in outputs:
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor):
-                if v.numel() != 1:
-                    continue
-                v = v.item()
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-                sums[k] += float(v)
-                counts[k] += 1
-    return {k: sums[k] / counts[k] for k in sums}
