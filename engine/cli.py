@@ -47,7 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     update, close = _tqdm_progress("validating")
     try:
         report = validate_dataset(args.dataset, require_stages=True if args.require_stages else None,
-                                  progress=update)
+                                  progress=update, task=args.task)
     finally:
         close()
     if args.json:
@@ -168,12 +168,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     raise AssertionError(args.models_command)
 
 
-def _pipeline(task: str):
-    if task != "esophagus":
-        raise EngineError(f"Task '{task}' has no trainable pipeline yet; available: esophagus.")
-    from engine.pipelines import esophagus
+def _task(name: str):
+    from engine.tasks import get_task
 
-    return esophagus
+    return get_task(name)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from engine import registry
+    from engine.tasks import all_tasks
+
+    installed: dict[str, list[str]] = {}
+    for info in registry.list_bundles():
+        if info.valid and info.task:
+            installed.setdefault(info.task, []).append(f"{info.id} {info.version}")
+    rows = [{"name": t.name, "title": t.title, "modality": t.modality,
+             "labels": {lab.name: lab.value for lab in t.labels}, "stages": list(t.stage_names or []),
+             "pipeline": t.has_pipeline, "phantoms": t.phantom is not None, "slicer_module": t.slicer_module,
+             "models": installed.get(t.name, []), "summary": t.summary} for t in all_tasks()]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for r in rows:
+        print(f"{r['name']}  ({r['modality']})  {r['title']}")
+        print(f"    labels: {', '.join(f'{v} {k}' for k, v in r['labels'].items())}")
+        print(f"    stages: {', '.join(r['stages']) or '-'}")
+        print(f"    pipeline: {'yes' if r['pipeline'] else 'no'}; phantoms: {'yes' if r['phantoms'] else 'no'}; "
+              f"models installed: {', '.join(r['models']) or 'none'}")
+        if r["summary"]:
+            print(f"    {r['summary']}")
+    return 0
 
 
 def _step_progress(kind: str) -> Callable[[str, float], None]:
@@ -190,27 +214,15 @@ def _step_progress(kind: str) -> Callable[[str, float], None]:
     return emit
 
 
+def _command_line() -> str:
+    return "python -m engine " + " ".join(a for a in sys.argv[1:] if a != "--resume")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.registry.bundle import DEMO_INTENDED_USE
     from engine.training.callbacks import JsonLinesProgress, TqdmProgress
 
-    pipeline = _pipeline(args.task)
-    per_phase = {k: args.epochs if getattr(args, k) is None else getattr(args, k)
-                 for k in ("lowres_epochs", "fullres_epochs", "classifier_epochs")}
-    if getattr(args, "segmentation_from", None):  # take the segmentation as it is unless asked to fine-tune
-        per_phase.update({k: 0 for k in ("lowres_epochs", "fullres_epochs") if getattr(args, k) is None})
-    options = pipeline.TrainOptions(
-        **{k: v for k, v in per_phase.items() if v is not None},
-        **{k: getattr(args, k) for k in ("steps_per_epoch", "batch_size", "base_features", "max_features", "seed",
-                                          "device", "folds", "seg_loss", "val_every", "segmentation_from",
-                                          "num_workers", "classifier_checkpoint")
-           if getattr(args, k) is not None},
-        fold=None if args.fold == "all" else int(args.fold),
-        krt=not args.no_krt, attention=not args.no_attention, transfer=not args.no_transfer,
-        direct_3d=args.direct_3d, perturb_prior=args.perturb_prior,
-        **({"model_id": args.model_id} if args.model_id else {}),
-        **({"version": args.version} if args.version else {}),
-        **({"intended_use": DEMO_INTENDED_USE} if args.demo else {}))
+    task = _task(args.task)
+    options = task.options_from_args("train", args)
     plan = None
     if args.plan:
         plan = args.plan
@@ -220,24 +232,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         plan = make_plan(extract_fingerprint(RawDataset.load(args.data)), args.task, spacing=args.target_spacing)
     progress = JsonLinesProgress(min_interval_s=1.0) if args.progress == "json" else TqdmProgress()
-    bundle = pipeline.train(args.data, args.out, options, plan=plan, callbacks=[progress], overwrite=args.overwrite,
-                            command="python -m engine " + " ".join(a for a in sys.argv[1:] if a != "--resume"),
-                            resume=args.resume)
-    print(f"Model {bundle.id} {bundle.version} ({options.variant}) written to {bundle.path}")
+    bundle = task.train(args.data, args.out, plan=plan, callbacks=[progress], overwrite=args.overwrite,
+                        command=_command_line(), resume=args.resume, **options)
+    variant = bundle.architecture.get("variant")
+    print(f"Model {bundle.id} {bundle.version}{f' ({variant})' if variant else ''} written to {bundle.path}")
     for phase, values in bundle.metrics.items():
-        if values:
+        if isinstance(values, dict) and values:
             print(f"  {phase}: " + ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}"
                                               for k, v in values.items() if isinstance(v, (int, float))))
     return 0
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args.task)
-    bundle = pipeline.ensemble_classifiers(args.models, args.out, model_id=args.model_id,
-                                           version=args.version, overwrite=args.overwrite,
-                                           command="python -m engine " + " ".join(sys.argv[1:]),
-                                           weights_dtype=args.weights_dtype)
-    members = pipeline.classifier_weight_names(bundle)
+    task = _task(args.task)
+    bundle = task.ensemble(args.models, args.out, model_id=args.model_id, version=args.version,
+                           overwrite=args.overwrite, command="python -m engine " + " ".join(sys.argv[1:]),
+                           weights_dtype=args.weights_dtype)
+    members = task.ensemble_members(bundle)
     print(f"Model {bundle.id} {bundle.version} written to {bundle.path}: segmentation of {args.models[0]}, "
           f"staging averaged over {len(members)} classifiers")
     return 0
@@ -257,33 +268,35 @@ def _is_batch_input(path: Path) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args.task)
+    task = _task(args.task)
+    options = {"tta": args.tta, **task.options_from_args("run", args)}
     source = Path(args.input)
     if not source.exists():
         raise EngineError(f"Input '{source}' does not exist.")
     if _is_batch_input(source):
         update, close = _tqdm_progress("Segment & Stage")
         try:
-            summary = pipeline.run_batch(source, args.out, args.model, device=args.device,
-                                         gradcam=not args.no_gradcam, overwrite=args.overwrite,
-                                         tta=args.tta,
-                                         progress=lambda done, total, name: update(done, total))
+            summary = task.run_batch(source, args.out, args.model, device=args.device, gradcam=not args.no_gradcam,
+                                     overwrite=args.overwrite, progress=lambda done, total, name: update(done, total),
+                                     **options)
         finally:
             close()
         print(f"Batch summary written to {summary}")
         return 0
-    result = pipeline.segment_and_stage(source, args.out, args.model, device=args.device,
-                                        gradcam=not args.no_gradcam, overwrite=args.overwrite,
-                                        progress=_step_progress(args.progress), series_uid=args.series_uid,
-                                        tta=args.tta)
+    result = task.segment(source, args.out, args.model, device=args.device, gradcam=not args.no_gradcam,
+                          overwrite=args.overwrite, progress=_step_progress(args.progress),
+                          series_uid=args.series_uid, **options)
     print(format_staging_result(result.report, result.out_dir))
     return 0
 
 
 def format_staging_result(report: dict, out_dir: Path) -> str:
-    lines = [f"Predicted stage: {report['predicted_stage']}",
-             "Stage probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in report["stage_probabilities"].items()),
-             "Volumes (cm³): " + ", ".join(f"{k} {v:.2f}" for k, v in report["volumes_cm3"].items())]
+    """What ``engine run`` prints: the stage (for a staging task), volumes, warnings, model and files."""
+    lines = []
+    if report.get("predicted_stage") is not None:
+        lines += [f"Predicted stage: {report['predicted_stage']}",
+                  "Stage probabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in report["stage_probabilities"].items())]
+    lines.append("Volumes (cm³): " + ", ".join(f"{k} {v:.2f}" for k, v in report["volumes_cm3"].items()))
     lines += [f"Warning: {w}" for w in report["warnings"]]
     lines.append(f"Model: {report['model']['id']} {report['model']['version']} ({report['model']['intended_use']})")
     lines.append(f"Outputs in {out_dir}: " + ", ".join(sorted(p.name for p in Path(out_dir).iterdir()
@@ -292,11 +305,11 @@ def format_staging_result(report: dict, out_dir: Path) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args.task)
+    task = _task(args.task)
     update, close = _tqdm_progress("evaluating")
     try:
-        files = pipeline.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
-                                  progress=update, tta=args.tta)
+        files = task.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
+                              progress=update, tta=args.tta, **task.options_from_args("evaluate", args))
     finally:
         close()
     md = files.get("metrics.md")
@@ -308,29 +321,67 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------------
 
-TTA_CHOICES = ("all", "stage", "none")  # engine.pipelines.esophagus.TTA_MODES, without importing torch here
-TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (4 passes, "
-            "about 4x the segmentation time) and the stage probabilities over the classifier's 4 in-plane "
-            "mirrorings; 'stage' only the latter (fast); 'none' neither")
+class _TaskCommandParser(argparse.ArgumentParser):
+    """A command's parser that adds the options of the task named by ``--task`` before parsing, so each
+    task brings its own options without the command line knowing them."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        command = getattr(self, "task_command", None)
+        argv = list(sys.argv[1:] if args is None else args)
+        if command is not None and not getattr(self, "task_arguments_added", False):
+            name = _task_hint(argv)
+            if name is not None:
+                from engine.tasks import UnknownTaskError, get_task
+
+                try:
+                    task = get_task(name)
+                except UnknownTaskError:
+                    task = None  # argparse's choices check reports the unknown name
+                if task is not None:
+                    task.add_arguments(command, self)
+                    self.task_arguments_added = True
+        return super().parse_known_args(argv, namespace)
+
+
+def _task_hint(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _command(sub, name: str, task_command: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, **kwargs)
+    parser.task_command = task_command  # type: ignore[attr-defined]
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.synth import PRESETS, TASKS
+    from engine.synth import PRESETS
+    from engine.tasks import DEVICE_CHOICES, TTA_HELP, TTA_MODES, phantom_task_names, task_names
 
+    tasks, phantoms = task_names(), phantom_task_names()
     p = argparse.ArgumentParser(prog="python -m engine",
                                 description="OncoStaging engine: cancer segmentation and T-staging.")
     p.add_argument("--version", action="version", version=f"oncostaging-engine {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_TaskCommandParser)
 
-    s = sub.add_parser("validate", help="check a dataset (nnU-Net raw layout + stages.csv); lists all problems")
+    s = _command(sub, "tasks", help="list the registered tasks: modality, labels, stages, installed models")
+    s.add_argument("--json", action="store_true", help="print the list as JSON")
+    s.set_defaults(func=cmd_tasks)
+
+    s = _command(sub, "validate", help="check a dataset (nnU-Net raw layout + stages.csv); lists all problems")
     s.add_argument("dataset", help="dataset folder holding dataset.json, imagesTr/, labelsTr/")
     s.add_argument("--require-stages", action="store_true", help="every training case must have a T-stage")
+    s.add_argument("--task", choices=tasks, help="also check the dataset against this task (modality, labels, stages)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("synth", help="write a synthetic phantom dataset (deterministic by seed)")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s = _command(sub, "synth", help="write a synthetic phantom dataset (deterministic by seed)")
+    s.add_argument("--task", required=True, choices=phantoms)
     s.add_argument("--cases", type=int, required=True, help="number of training cases")
     s.add_argument("--test-cases", type=int, default=0, help="additional unlabelled cases in imagesTs/")
     s.add_argument("--seed", type=int, default=0)
@@ -340,15 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("plan", help="fingerprint a dataset and write the training plan (JSON)")
+    s = _command(sub, "plan", help="fingerprint a dataset and write the training plan (JSON)")
     s.add_argument("dataset")
     s.add_argument("--out", required=True, help="plan file to write, e.g. plan.json")
-    s.add_argument("--task", choices=TASKS, help="task (default: inferred from modality and labels)")
+    s.add_argument("--task", choices=tasks, help="task (default: inferred from modality and labels)")
     s.add_argument("--skip-validation", action="store_true", help="plan even if validation finds problems")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_plan)
 
-    s = sub.add_parser("splits", help="write stratified k-fold cross-validation splits (splits.json)")
+    s = _command(sub, "splits", help="write stratified k-fold cross-validation splits (splits.json)")
     s.add_argument("dataset")
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--seed", type=int, default=12345)
@@ -356,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_splits)
 
-    s = sub.add_parser("convert-openkbp", help="turn OpenKBP pt_N/{ct,labels}.nii.gz folders into a dataset")
+    s = _command(sub, "convert-openkbp", help="turn OpenKBP pt_N/{ct,labels}.nii.gz folders into a dataset")
     s.add_argument("source", help="folder holding pt_1, pt_2, ...")
     s.add_argument("--out", required=True)
     s.add_argument("--cases", type=int, help="convert only the first N patients (sorted by number)")
@@ -364,48 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_openkbp)
 
-    s = sub.add_parser("train", help="train a task's model on a dataset and write a model bundle")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s = _command(sub, "train", "train", help="train a task's model on a dataset and write a model bundle "
+                                                    "(--task T --help lists the task's own options)")
+    s.add_argument("--task", required=True, choices=tasks)
     s.add_argument("--data", required=True, help="dataset folder (nnU-Net raw layout + stages.csv)")
     s.add_argument("--out", required=True, help="model bundle folder to write")
-    s.add_argument("--epochs", type=int, default=None, help="epochs of every phase (default 50)")
-    s.add_argument("--lowres-epochs", type=int, help="epochs of the low-resolution segmentation phase")
-    s.add_argument("--fullres-epochs", type=int, help="epochs of the full-resolution segmentation phase")
-    s.add_argument("--classifier-epochs", type=int, help="epochs of the stage-classification phase")
-    s.add_argument("--classifier-checkpoint", choices=("final", "best"),
-                   help="classifier to keep: the last epoch's (default) or the one with the best validation "
-                        "macro AUC (needs --fold N)")
-    s.add_argument("--steps-per-epoch", type=int, help="segmentation iterations per epoch (default 50)")
-    s.add_argument("--batch-size", type=int, help="segmentation batch size (default: the plan's)")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    s.add_argument("--num-workers", type=int,
-                   help="data-loading worker processes (default 0: load in the training process; on a GPU "
-                        "machine a few workers keep the GPU fed)")
+    s.add_argument("--epochs", type=int, default=None, help="epochs of every training phase (default: the task's)")
+    s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     s.add_argument("--fold", default="0", help="cross-validation fold to hold out, or 'all' to train on everything")
     s.add_argument("--folds", type=int, help="number of folds (default 5)")
     s.add_argument("--seed", type=int)
-    s.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
     s.add_argument("--plan", help="use this plan.json instead of planning the dataset")
     s.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="plan with this full-resolution spacing in mm (coarser = faster, e.g. for CPU)")
-    s.add_argument("--base-features", type=int, help="channels of the first stage (plan default 32)")
-    s.add_argument("--max-features", type=int, help="channel cap (plan default 320)")
-    s.add_argument("--seg-loss", choices=("focal", "focal+dice"),
-                   help="segmentation loss: 'focal' is the paper's; default 'focal+dice'")
-    s.add_argument("--perturb-prior", action="store_true",
-                   help="train the full-resolution stage on randomly perturbed low-resolution priors "
-                        "(nnU-Net's cascade augmentation)")
-    s.add_argument("--no-krt", action="store_true", help="ablation: classify the whole volume, no KRT crop")
-    s.add_argument("--no-attention", action="store_true", help="ablation: no cross-task attention gates")
-    s.add_argument("--no-transfer", action="store_true", help="ablation: classifier encoder from random weights")
-    s.add_argument("--direct-3d", action="store_true",
-                   help="ablation: plain 3D classification of the whole volume (no KRT, attention or transfer)")
-    s.add_argument("--segmentation-from", metavar="MODEL",
-                   help="start from this model's plan and segmentation networks and keep them as they are "
-                        "(ablations, new stage labels); --lowres-epochs/--fullres-epochs N fine-tune them "
-                        "instead (both > 0: intensity normalisation re-planned on --data); the classifier "
-                        "is always trained anew (--epochs sets only its epochs here)")
-    s.add_argument("--model-id", help="bundle id (default esophagus-nntransec)")
+    s.add_argument("--model-id", help="bundle id (default: the task's)")
     s.add_argument("--version", help="bundle version (default 1.0.0)")
     s.add_argument("--demo", action="store_true", help="label the bundle as trained on phantoms, not for clinical use")
     s.add_argument("--progress", choices=("tqdm", "json"), default="tqdm",
@@ -416,9 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("ensemble", help="combine models that share a segmentation into one bundle that "
+    s = _command(sub, "ensemble", help="combine models that share a segmentation into one bundle that "
                                         "stages with the mean of their classifiers")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--task", required=True, choices=tasks)
     s.add_argument("--models", required=True, nargs="+", metavar="MODEL",
                    help="two or more model folders or ids, each trained with --segmentation-from the same "
                         "model (e.g. other folds or seeds); the first gives the segmentation and defaults")
@@ -430,39 +453,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_ensemble)
 
-    s = sub.add_parser("run", help="Segment & Stage a CT (file, DICOM folder) or a batch (folder/CSV)")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s = _command(sub, "run", "run", help="Segment & Stage an image (file, DICOM folder) or a batch (folder/CSV)")
+    s.add_argument("--task", required=True, choices=tasks)
     s.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images or CSV list")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat map")
-    s.add_argument("--tta", choices=TTA_CHOICES, default="all", help=TTA_HELP)
+    s.add_argument("--tta", choices=TTA_MODES, default="all", help=TTA_HELP)
     s.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     s.add_argument("--progress", choices=("log", "json"), default="log")
     s.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset: metrics.json/.md, ROC, Bland-Altman")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s = _command(sub, "evaluate", "evaluate", help="evaluate a model on a labelled dataset: metrics.json/.md, ROC, Bland-Altman")
+    s.add_argument("--task", required=True, choices=tasks)
     s.add_argument("--data", required=True)
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--out", required=True)
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    s.add_argument("--tta", choices=TTA_CHOICES, default="all", help=TTA_HELP)
+    s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    s.add_argument("--tta", choices=TTA_MODES, default="all", help=TTA_HELP)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("models", help="list, import, verify or export model bundles")
+    s = _command(sub, "models", help="list, import, verify or export model bundles")
     msub = s.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     m = msub.add_parser("list", help="list the shipped demo models and the user's models")
-    m.add_argument("--task", choices=TASKS)
+    m.add_argument("--task", choices=tasks)
     m = msub.add_parser("import", help="import a bundle .zip into the user model directory")
     m.add_argument("zip")
     m.add_argument("--overwrite", action="store_true")
     m = msub.add_parser("verify", help="check a bundle's files and sha256 checksums")
     m.add_argument("path", help="bundle folder or .zip")
-    m.add_argument("--task", choices=TASKS, help="also require this task")
+    m.add_argument("--task", choices=tasks, help="also require this task")
     m = msub.add_parser("export", help="write a bundle folder as a .zip to share")
     m.add_argument("path")
     m.add_argument("zip")
@@ -471,7 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # reads the task table, which a broken plug-in can spoil
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ from engine.io.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ONCOSTAGING_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: Task plug-ins written outside the engine (``toy_task``), importable by name in every test.
+PLUGINS = REPO / "tests" / "plugins"
+if str(PLUGINS) not in sys.path:
+    sys.path.insert(0, str(PLUGINS))
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import torch
 from engine.cli import build_parser, main
 from engine.registry.bundle import DEMO_INTENDED_USE, save_bundle
 
-COMMANDS = ["validate", "synth", "plan", "splits", "convert-openkbp", "train", "run", "evaluate", "models"]
+COMMANDS = ["tasks", "validate", "synth", "plan", "splits", "convert-openkbp", "train", "run", "evaluate", "models"]
 
 
 def test_help_lists_every_subcommand():
@@ -30,14 +30,50 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def test_tta_choices_are_the_pipelines_modes_with_all_as_default():
-    from engine.cli import TTA_CHOICES
-    from engine.pipelines.esophagus import TTA_MODES
+def test_tta_and_device_choices_are_the_task_layers_with_all_and_auto_as_default():
+    from engine.tasks import DEVICE_CHOICES, TTA_MODES
 
-    assert TTA_CHOICES == TTA_MODES
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name in ("run", "evaluate"):
+        options = {o.dest: o for o in commands.choices[name]._actions}
+        assert tuple(options["tta"].choices) == TTA_MODES
+        assert tuple(options["device"].choices) == DEVICE_CHOICES
     run = build_parser().parse_args(["run", "--task", "esophagus", "--input", "ct.nii.gz", "--out", "o"])
     evaluate = build_parser().parse_args(["evaluate", "--task", "esophagus", "--data", "d", "--out", "o"])
     assert run.tta == evaluate.tta == "all"
+    assert run.device == evaluate.device == "auto"
+
+
+def test_task_options_are_added_only_for_the_named_task(capsys):
+    train = ["train", "--data", "d", "--out", "o"]
+    parsed = build_parser().parse_args([*train, "--task", "esophagus", "--no-krt", "--lowres-epochs", "3"])
+    assert parsed.no_krt is True and parsed.lowres_epochs == 3
+    with pytest.raises(SystemExit):  # an esophagus option is not a generic one
+        build_parser().parse_args([*train, "--task=npc", "--no-krt"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*train, "--task", "nosuchtask"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_tasks_lists_every_registered_task_with_its_declaration(capsys):
+    from engine.tasks import task_names
+
+    assert main(["tasks", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == task_names()
+    assert rows["esophagus"]["modality"] == "CT" and rows["esophagus"]["pipeline"] is True
+    assert rows["esophagus"]["labels"] == {"EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
+    assert rows["esophagus"]["stages"] == ["T1", "T2", "T3", "T4"]
+    assert rows["gtv"]["pipeline"] is False and rows["gtv"]["stages"] == []
+    assert rows["npc"]["modality"] == "MR"
+    assert all(r["models"] == [] for r in rows.values())  # the tests' model folders are empty
+
+
+def test_a_task_without_a_pipeline_says_which_tasks_have_one(tmp_path, capsys):
+    assert main(["train", "--task", "gtv", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no training pipeline yet" in err[0] and "esophagus" in err[0]
 
 
 def test_validate_exit_codes_and_json(blob_dataset, capsys):

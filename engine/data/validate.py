@@ -70,9 +70,11 @@ class ValidationReport:
 
 
 def validate_dataset(root: str | os.PathLike, require_stages: bool | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+                     progress: Callable[[int, int], None] | None = None,
+                     task: str | None = None) -> ValidationReport:
     """Validate a raw dataset; ``require_stages`` defaults to True when ``stages.csv`` exists and
-    dataset.json declares stages or ``stages.csv`` gives a T-stage for some case."""
+    dataset.json declares stages or ``stages.csv`` gives a T-stage for some case, or when ``task``
+    stages. With ``task``, the dataset is also checked against what that task trains on."""
     root = Path(root)
     report = ValidationReport(root=str(root))
     try:
@@ -89,6 +91,10 @@ def validate_dataset(root: str | os.PathLike, require_stages: bool | None = None
         report.add(None, f"dataset.json says numTraining={desc.num_training} but imagesTr holds "
                          f"{len(ds.training)} case(s).")
     stages_file = (root / "stages.csv").is_file()
+    if task is not None:
+        declared = _check_against_task(desc, task, report)
+        if require_stages is None and declared.stage_names:
+            require_stages = True
     if require_stages is None:
         # a stages.csv holding only outcome/pathology (PET) has an empty t_stage column: no stages needed then
         require_stages = stages_file and (bool(desc.stages) or any(c.stage for c in ds.training + ds.test))
@@ -125,6 +131,24 @@ def validate_dataset(root: str | os.PathLike, require_stages: bool | None = None
             report.add(None, f"label '{name}' ({value}) is declared in dataset.json but never occurs in "
                              "any training label map.")
     return report
+
+
+def _check_against_task(desc, task: str, report: ValidationReport):
+    """Problems that make the dataset unusable for ``task``: another modality, no tumour label, other stages."""
+    from engine.planning.planner import modality_family
+    from engine.tasks import get_task
+
+    declared = get_task(task)
+    if modality_family(desc.modality) != modality_family(declared.modality):
+        report.add(None, f"task '{task}' needs {declared.modality} images, but dataset.json's modality is "
+                         f"{desc.modality}.")
+    if declared.tumour_label and declared.tumour_label not in desc.labels:
+        report.add(None, f"task '{task}' needs a '{declared.tumour_label}' label; dataset.json's labels are "
+                         f"{sorted(k for k in desc.labels if desc.labels[k] != 0)}.")
+    if declared.stage_names and desc.stages and not set(desc.stages) <= set(declared.stage_names):
+        report.add(None, f"dataset.json's stages {list(desc.stages)} are not among task '{task}''s "
+                         f"{list(declared.stage_names)}.")
+    return declared
 
 
 def _validate_case(case, is_training: bool, report: ValidationReport, allowed: set[int],

@@ -1,9 +1,9 @@
 """From a data fingerprint to a training plan: every hyper-parameter the data decides, in one JSON.
 
 The heuristics follow nnU-Net v2's rule-based configuration (Isensee et al., 2021) with the
-nn-TransEC additions (KRT box size, stage loss weights α2) and the task-specific fixed choices
-the papers make (NPC target spacing, GTV 2D slices, PET 2 mm). Each rule is documented where
-it is coded, so a user can see why the plan says what it says.
+nn-TransEC additions (KRT box size, stage loss weights α2). What a task's method fixes (2D slices,
+a cascade, a prescribed spacing or crop) comes from its :class:`engine.tasks.PlanDefaults`. Each
+rule is documented where it is coded, so a user can see why the plan says what it says.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from engine.errors import PlanError
 from engine.planning.fingerprint import Fingerprint
 
 PLAN_FORMAT_VERSION = 1
-TASKS = ("esophagus", "npc", "gtv", "pet")
 
 #: Voxel budget of one 3D patch: the paper's 128×64×64 (nn-TransEC Table 6) fits a 12 GB GPU at batch 2.
 PATCH_VOXEL_BUDGET_3D = 128 * 64 * 64
@@ -45,15 +44,6 @@ MAX_FEATURES_3D = 320
 MAX_FEATURES_2D = 512
 #: The cascade's low-resolution stage halves the resolution (nn-TransEC Table 6: 118×128×128 vs 237×256×256).
 LOWRES_FACTOR = 2.0
-
-#: Fixed choices the papers make for their modality, which override the median-spacing rule.
-TASK_TARGET_SPACING = {
-    "npc": (6.0, 0.4688, 0.4688),   # NPC seed: resampled to 0.4688×0.4688×6 mm (z first here)
-    "pet": (2.0, 2.0, 2.0),         # PET seed: 2 mm isotropic
-}
-TASK_PATCH_SIZE = {
-    "npc": (21, 224, 224),          # NPC seed: crop 21×224×224 (slice count rounded by topology below)
-}
 
 
 @dataclass
@@ -278,17 +268,27 @@ def _configuration(name: str, fp: Fingerprint, spacing: list[float], dims: int,
     return Configuration(name, dims, [float(s) for s in spacing], median_shape, patch, batch, topo)
 
 
-def infer_task(modality: str, labels: dict[str, int]) -> str:
-    """The task a dataset most likely belongs to, when the user does not say."""
-    names = {k.lower() for k in labels}
+def modality_family(modality: str) -> str:
+    """``CT``, ``PT`` or ``MR``: channel names such as ``T1C`` or ``FLAIR`` are MR sequences."""
     m = modality.upper()
     if m in ("PT", "PET", "SUV"):
-        return "pet"
-    if m not in ("CT",):
-        return "npc"
-    if "gtv" in names and "ec" not in names:
-        return "gtv"
-    return "esophagus"
+        return "PT"
+    return "CT" if m == "CT" else "MR"
+
+
+def infer_task(modality: str, labels: dict[str, int]) -> str:
+    """The task a dataset most likely belongs to, when the user does not say: among the tasks of the
+    dataset's modality, the one sharing most label names with it (a task that trains models first,
+    then the table's order)."""
+    from engine.tasks import all_tasks
+
+    family = modality_family(modality)
+    names = {k.lower() for k in labels}
+    candidates = [t for t in all_tasks() if modality_family(t.modality) == family]
+    if not candidates:
+        raise PlanError(f"No task handles {modality} images; pass --task.")
+    best = max(candidates, key=lambda t: (len(names & {lab.name.lower() for lab in t.labels}), t.has_pipeline))
+    return best.name
 
 
 def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None) -> Plan:
@@ -296,22 +296,26 @@ def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None
 
     ``spacing`` (z, y, x mm) overrides the full-resolution target spacing — coarser for fast CPU
     training or tests; the patch size, topology, KRT box and low-resolution stage follow from it."""
-    if task not in TASKS:
-        raise PlanError(f"Unknown task '{task}'; choose one of {', '.join(TASKS)}.")
+    from engine.tasks import UnknownTaskError, get_task
+
+    try:
+        defaults = get_task(task).plan_defaults
+    except UnknownTaskError as exc:
+        raise PlanError(str(exc)) from exc
     configs: dict[str, Configuration] = {}
-    if task == "gtv":
-        # GTV seed: 2D, slice by slice, slices resized to 512×512 after cropping to the body.
+    if defaults.dims == 2:
+        # slice by slice: in-plane median spacing, slices at the task's fixed in-plane size (if any)
         spacing2d = [float(s) for s in np.median(fp.spacings[:, 1:], axis=0)]
-        configs["2d"] = _configuration("2d", fp, spacing2d, 2, fixed_patch=(512, 512))
+        configs["2d"] = _configuration("2d", fp, spacing2d, 2, fixed_patch=defaults.patch_size)
     else:
         if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
             raise PlanError(f"A target spacing needs three positive values (z, y, x mm), got {list(spacing)}.")
         spacing = [float(s) for s in spacing] if spacing is not None else \
-            list(TASK_TARGET_SPACING.get(task, target_spacing(fp.spacings)))
-        full = _configuration("3d_fullres", fp, spacing, 3, TASK_PATCH_SIZE.get(task))
+            list(defaults.target_spacing or target_spacing(fp.spacings))
+        full = _configuration("3d_fullres", fp, spacing, 3, defaults.patch_size)
         configs["3d_fullres"] = full
-        if task == "esophagus":
-            # nn-TransEC cascade: the low-resolution stage sees the volume at half resolution.
+        if defaults.cascade:
+            # coarse-to-fine cascade (nn-TransEC): the low-resolution stage sees the volume at half resolution
             low_spacing = [s * LOWRES_FACTOR for s in spacing]
             configs["3d_lowres"] = _configuration("3d_lowres", fp, low_spacing, 3)
     main = next(iter(configs.values()))

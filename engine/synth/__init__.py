@@ -11,7 +11,9 @@ targets follow the clinical rules (T-stage by invasion depth, PET outcome by upt
 - ``pet``: FDG PET (SUV) with tumour label, binary outcome and pathology.
 
 The same (task, seed, preset) always gives the same voxels and files; case ``i`` of a dataset
-is :func:`generate_case` with ``case_seed(seed, i)``, whatever the number of cases.
+is :func:`generate_case` with ``case_seed(seed, i)``, whatever the number of cases. A task names its
+generator module in its declaration (:attr:`engine.tasks.Task.phantom`), so a plug-in task brings
+its own phantoms.
 """
 
 from __future__ import annotations
@@ -25,25 +27,36 @@ from types import ModuleType
 from typing import Any
 
 from engine.data.dataset import DatasetWriter, RawDataset
-from engine.synth import esophagus, gtv, npc, pet
 from engine.synth.common import PhantomCase, SynthError, case_seed
 
 log = logging.getLogger(__name__)
 
-TASKS = ("esophagus", "npc", "gtv", "pet")
 PRESETS = ("small", "realistic")
-_MODULES: dict[str, ModuleType] = {"esophagus": esophagus, "npc": npc, "gtv": gtv, "pet": pet}
 
-__all__ = ["TASKS", "PRESETS", "PhantomCase", "SynthError", "case_seed", "generate_case", "generate_dataset"]
+__all__ = ["PRESETS", "PhantomCase", "SynthError", "case_seed", "generate_case", "generate_dataset",
+           "phantom_tasks"]
+
+
+def phantom_tasks() -> list[str]:
+    """The tasks that have a phantom generator."""
+    from engine.tasks import phantom_task_names
+
+    return phantom_task_names()
 
 
 def _module(task: str, preset: str) -> ModuleType:
-    if task not in _MODULES:
-        raise SynthError(f"Unknown synthetic task '{task}'. Choose one of: {', '.join(TASKS)}.")
+    from engine.tasks import UnknownTaskError, get_task
+
+    try:
+        declared = get_task(task)
+    except UnknownTaskError:
+        declared = None
+    if declared is None or declared.phantom is None:
+        raise SynthError(f"Unknown synthetic task '{task}'. Choose one of: {', '.join(phantom_tasks())}.")
     if preset not in PRESETS:
         raise SynthError(f"Unknown preset '{preset}'. Choose 'small' (fast, for tests and CPU training) "
                          "or 'realistic' (the papers' resolution).")
-    return _MODULES[task]
+    return declared.phantom_module()
 
 
 def _check_seed(seed: int) -> int:

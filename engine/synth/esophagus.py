@@ -48,16 +48,17 @@ from engine.synth.common import (STAGES, PhantomCase, Preset, SynthError, finish
 from engine.synth.shapes import Canvas, Grid, ray_hits, smooth_noise, touches
 from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, WallThickening,
                                  ct_values, paint_thorax, sample_thorax)
+from engine.tasks.esophagus import TASK as _DECLARATION
 
 log = logging.getLogger(__name__)
 
-TASK = "esophagus"
+TASK = _DECLARATION.name
 HAS_TARGETS = True
 PRESETS = {
     "small": Preset((64, 96, 96), (3.0, 1.95, 1.95)),
     "realistic": Preset((237, 256, 256), (1.0, 0.73, 0.73)),
 }
-LABELS = {"background": 0, "EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
+LABELS = _DECLARATION.label_map
 #: Stage mix of the EC169 cohort (T1, T2, T3, T4).
 STAGE_PROBABILITIES = (0.17, 0.19, 0.54, 0.10)
 #: Range of the focal wall thickening (mm) an intramural tumour causes, before the free-space cap.

@@ -20,16 +20,17 @@ from engine.data.dataset import CaseTargets, DatasetDescription
 from engine.synth.common import PhantomCase, Preset, finish_ct, make_grid, make_images, texture_field
 from engine.synth.shapes import Canvas, Ellipsoid, Grid
 from engine.synth.thorax import TISSUES, ct_values, paint_thorax, sample_thorax
+from engine.tasks.gtv import TASK as _DECLARATION
 
 log = logging.getLogger(__name__)
 
-TASK = "gtv"
+TASK = _DECLARATION.name
 HAS_TARGETS = False
 PRESETS = {
     "small": Preset((48, 96, 96), (5.0, 3.6, 3.6)),
     "realistic": Preset((120, 512, 512), (3.0, 0.98, 0.98)),
 }
-LABELS = {"background": 0, "GTV": 1}
+LABELS = _DECLARATION.label_map
 #: Largest share of voxels all nodules together may take (the spec's bound is 0.1 %).
 MAX_TUMOUR_FRACTION = 0.0008
 

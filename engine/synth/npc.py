@@ -26,16 +26,17 @@ from engine.data.dataset import CaseTargets, DatasetDescription
 from engine.synth.common import (STAGES, PhantomCase, Preset, make_grid, make_images, sample_stage,
                                  texture_field)
 from engine.synth.shapes import Canvas, Ellipsoid, Segment, Slab, Tube, Wiggle, blur, smooth_noise
+from engine.tasks.npc import TASK as _DECLARATION
 
 log = logging.getLogger(__name__)
 
-TASK = "npc"
+TASK = _DECLARATION.name
 HAS_TARGETS = True
 PRESETS = {
     "small": Preset((16, 64, 64), (6.0, 1.64, 1.64)),
     "realistic": Preset((21, 224, 224), (6.0, 0.4688, 0.4688)),
 }
-LABELS = {"background": 0, "GTV": 1}
+LABELS = _DECLARATION.label_map
 #: T1..T4 mix of the paper's cohort (8.1 / 43.8 / 27.2 / 20.9 %).
 STAGE_PROBABILITIES = (0.08, 0.44, 0.27, 0.21)
 TISSUES = ("muscle", "brain", "bone", "sinus_air", "nasal_mucosa", "pps_fat", "vessel", "mucosa", "np_air",

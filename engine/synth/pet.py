@@ -44,16 +44,17 @@ from engine.synth.common import PhantomCase, Preset, make_grid, make_images, tex
 from engine.synth.shapes import Canvas, Ellipsoid, Grid, blur, crop_box, smooth_noise
 from engine.synth.thorax import (ESOPHAGUS, PERICARDIAL_SAC, SOLID_NEIGHBOURS, TISSUES, Thorax, paint_thorax,
                                  sample_thorax)
+from engine.tasks.pet import TASK as _DECLARATION
 
 log = logging.getLogger(__name__)
 
-TASK = "pet"
+TASK = _DECLARATION.name
 HAS_TARGETS = True
 PRESETS = {
     "small": Preset((32, 56, 72), (4.0, 4.0, 4.0)),
     "realistic": Preset((96, 128, 160), (2.0, 2.0, 2.0)),
 }
-LABELS = {"background": 0, "tumour": 1}
+LABELS = _DECLARATION.label_map
 PATHOLOGIES = ("esophageal", "lung")
 #: Probability of each pathology (the seed paper's cohort: 97 esophageal, 98 lung).
 PATHOLOGY_PROBABILITIES = (0.5, 0.5)

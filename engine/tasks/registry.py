@@ -43,7 +43,8 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
         raise TypeError(f"register_task needs an engine.tasks.Task, got {type(task).__name__}")
     if not task.name or not task.name.replace("_", "").replace("-", "").isalnum() or task.name != task.name.lower():
         raise EngineError(f"Task name {task.name!r} must be lower-case letters, digits, '-' or '_'.")
-    if not replace and task.name in _known_sources() and _lookup(task.name) is not task:
+    taken = task.name in _registered or task.name in _known_sources()
+    if not replace and taken and _lookup(task.name) is not task:
         raise EngineError(f"A task named '{task.name}' is already registered; pass replace=True to replace it.")
     _registered[task.name] = task
     _loaded.pop(task.name, None)

@@ -9,14 +9,15 @@ with the values recorded for model 0.6.0.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.demo import DEMO_CASE_SEED
-from engine.registry import builtin_dir, load_bundle
+from engine.registry import load_bundle
 
-BUNDLE = builtin_dir() / "esophagus-demo-0.6.0"
+BUNDLE = Path(__file__).resolve().parents[2] / "models" / "esophagus-demo-0.6.0"
 PROBABILITIES = {"T1": 0.3094198102150877, "T2": 0.41695778287547636, "T3": 0.26751595580514004,
                  "T4": 0.006106451104295862}
 LABEL_SHA256 = "0ebf16407b591d340dee94618925faa280958dad3047033abcbb676d7b703d87"
