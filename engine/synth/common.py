@@ -11,8 +11,7 @@ from engine.data.dataset import CaseTargets
 from engine.errors import EngineError
 from engine.io.image import Image
 from engine.synth.shapes import Grid, blur, smooth_noise
-
-STAGES = ("T1", "T2", "T3", "T4")
+from engine.tasks.base import T_STAGES as STAGES
 
 
 class SynthError(EngineError):

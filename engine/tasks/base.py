@@ -20,6 +20,8 @@ from engine.errors import EngineError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.registry.bundle import ModelBundle
 
+#: The UICC/AJCC primary-tumour categories the staging tasks predict.
+T_STAGES = ("T1", "T2", "T3", "T4")
 #: Where a command may run; ``auto`` picks CUDA when available.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: Test-time augmentation levels: "all" mirrors the segmentation and the stage classifier, "stage"

@@ -3,14 +3,14 @@
 Declared for its data and phantoms; the multi-task network is not built yet.
 """
 
-from engine.tasks.base import Label, PlanDefaults, Task, neoplasm
+from engine.tasks.base import T_STAGES, Label, PlanDefaults, Task, neoplasm
 
 TASK = Task(
     name="npc",
     title="Nasopharyngeal carcinoma GTV segmentation and T-staging on MRI",
     modality="MR",
     labels=(Label("GTV", 1, (230, 41, 41), neoplasm()),),
-    stage_names=("T1", "T2", "T3", "T4"),
+    stage_names=T_STAGES,
     tumour_label="GTV",
     # the paper resamples to 0.4688 × 0.4688 × 6 mm and crops 21 × 224 × 224 (z first here)
     plan_defaults=PlanDefaults(dims=3, target_spacing=(6.0, 0.4688, 0.4688), patch_size=(21, 224, 224)),
