@@ -4,7 +4,7 @@ Results are dataclasses with ``to_dict()`` for JSON (NaN → ``null``). Bad inpu
 :class:`MetricInputError` (both a ``ValueError`` and an :class:`engine.errors.EngineError`).
 """
 
-from engine.metrics._common import MetricInputError
+from engine.metrics.common import MetricInputError
 from engine.metrics.classification import (
     AucEstimate,
     ClassificationReport,

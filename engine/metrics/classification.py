@@ -39,8 +39,8 @@ from monai.metrics import compute_roc_auc
 from scipy import stats
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
-from engine.metrics._common import JsonResult, MetricInputError, is_whole_number
-from engine.metrics.statistics import _delong_components
+from engine.metrics.common import JsonResult, MetricInputError, is_whole_number
+from engine.metrics.statistics import delong_components
 
 __all__ = [
     "PROB_SUM_TOLERANCE", "ClassMetrics", "MacroMetrics", "AucEstimate", "ClassificationReport",
@@ -256,7 +256,7 @@ def one_vs_rest_auc(
             per_class.append(AucEstimate(math.nan, math.nan, math.nan, math.nan))
             continue
         auc = float(compute_roc_auc(torch.from_numpy(p[:, c].copy()), torch.from_numpy(pos.astype(np.int64))))
-        _, v10, v01 = _delong_components(p[None, :, c], pos)  # mean(v10) == auc (tested)
+        _, v10, v01 = delong_components(p[None, :, c], pos)  # mean(v10) == auc (tested)
         v10, v01 = v10[0], v01[0]
         if m >= 2 and n >= 2:
             var = float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)

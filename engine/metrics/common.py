@@ -1,4 +1,5 @@
-"""Helpers shared by the metric modules: the input error type and JSON-safe result dataclasses."""
+"""Helpers shared by the metric modules (and reports built on them): the input error type, JSON-safe
+result dataclasses, number formatting for tables and input checks."""
 
 from __future__ import annotations
 

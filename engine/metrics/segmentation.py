@@ -48,7 +48,7 @@ from monai.metrics import (
     compute_iou,
 )
 
-from engine.metrics._common import JsonResult, MetricInputError, as_binary, is_whole_number
+from engine.metrics.common import JsonResult, MetricInputError, as_binary, is_whole_number
 
 __all__ = ["dice", "iou", "hd95", "assd", "StructureScores", "segmentation_scores"]
 

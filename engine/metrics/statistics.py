@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from engine.metrics._common import JsonResult, MetricInputError, as_1d, as_binary, check_same_length
+from engine.metrics.common import JsonResult, MetricInputError, as_1d, as_binary, check_same_length
 
 __all__ = [
     "delong_roc_variance", "DeLongResult", "delong_test", "McNemarResult", "mcnemar_test",
@@ -34,7 +34,7 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x, method="average", axis=-1)
 
 
-def _delong_components(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delong_components(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AUCs and DeLong structural components of ``k`` score rows on the same binary labels.
 
     Sun & Xu (2014): with midranks of the positives alone (T_x), negatives alone (T_y) and pooled (T_z),
@@ -56,7 +56,7 @@ def _delong_components(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, n
 def _fast_delong(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs and their DeLong covariance matrix S10/m + S01/n (S: sample covariance, ddof=1, of the
     structural components) for ``k`` score rows on the same binary labels (≥ 2 positives, ≥ 2 negatives)."""
-    aucs, v10, v01 = _delong_components(scores, y)
+    aucs, v10, v01 = delong_components(scores, y)
     m, n = v10.shape[1], v01.shape[1]
     s10 = np.atleast_2d(np.cov(v10, ddof=1))
     s01 = np.atleast_2d(np.cov(v01, ddof=1))

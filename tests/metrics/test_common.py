@@ -1,6 +1,6 @@
 import math
 
-from engine.metrics._common import format_number
+from engine.metrics.common import format_number
 
 
 def test_format_number_writes_undefined_values_as_n_a():
