@@ -174,6 +174,24 @@ def _task(name: str):
     return get_task(name)
 
 
+def _task_of(args: argparse.Namespace):
+    """The task named by ``--task``, else the one the ``--model`` bundle was trained for."""
+    if args.task:
+        return _task(args.task)
+    if not args.model:
+        raise EngineError("Name the task (--task) or the model (--model); `python -m engine tasks` lists the tasks.")
+    from engine import registry
+
+    path = Path(args.model).expanduser()
+    if path.exists():
+        return _task(registry.load_bundle(path, verify=False).task)
+    matches = [i for i in registry.list_bundles() if i.valid and args.model in (i.id, i.path.name)]
+    if not matches:
+        raise EngineError(f"No installed model '{args.model}'; `python -m engine models list` shows the installed "
+                          "ones.")
+    return _task(matches[0].task)
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from engine import registry
     from engine.tasks import all_tasks
@@ -268,7 +286,7 @@ def _is_batch_input(path: Path) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    task = _task(args.task)
+    task = _task_of(args)
     options = {"tta": args.tta, **task.options_from_args("run", args)}
     source = Path(args.input)
     if not source.exists():
@@ -305,7 +323,7 @@ def format_staging_result(report: dict, out_dir: Path) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    task = _task(args.task)
+    task = _task_of(args)
     update, close = _tqdm_progress("evaluating")
     try:
         files = task.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
@@ -454,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ensemble)
 
     s = _command(sub, "run", "run", help="Segment & Stage an image (file, DICOM folder) or a batch (folder/CSV)")
-    s.add_argument("--task", required=True, choices=tasks)
+    s.add_argument("--task", choices=tasks, help="default: the task of the --model bundle")
     s.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images or CSV list")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
@@ -467,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = _command(sub, "evaluate", "evaluate", help="evaluate a model on a labelled dataset: metrics.json/.md, ROC, Bland-Altman")
-    s.add_argument("--task", required=True, choices=tasks)
+    s.add_argument("--task", choices=tasks, help="default: the task of the --model bundle")
     s.add_argument("--data", required=True)
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--out", required=True)

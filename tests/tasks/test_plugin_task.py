@@ -101,6 +101,10 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
     assert {p.name for p in out.iterdir()} == {"segmentation.nii.gz", "segmentation.seg.nrrd", "gradcam.nii.gz",
                                               "overview.png", "report.json"}
 
+    again = tmp_path / "run-by-model"  # the bundle's task picks the implementation when --task is left out
+    assert main(["run", "--input", str(image), "--out", str(again), "--model", str(toy_model)]) == 0
+    assert json.loads((again / "report.json").read_text())["stage_probabilities"] == report["stage_probabilities"]
+
     batch = tmp_path / "batch"
     assert main(["run", "--task", "toy", "--input", str(toy_dataset / "imagesTr"), "--out", str(batch),
                  "--model", str(toy_model), "--no-gradcam"]) == 0
