@@ -41,7 +41,7 @@ class RandPerturbPriord(mt.Randomizable, mt.MapTransform):
     """nnU-Net's cascade augmentation of the previous stage's one-hot segmentation (the "prior").
 
     nnU-Net perturbs it so that a cascade's second stage learns to correct the previous stage's extent
-    rather than copy it (on the esophageal phantoms no gain was measured: docs/results.md, session 23).
+    rather than copy it (on the esophageal phantoms it measured no gain in tumour Dice).
     With probability ``prob`` per sample, each foreground class in random order (each with
     ``prob_per_class``) is dilated, eroded, opened or closed by 1–``max_radius`` voxel steps (the
     6-neighbour cross, iterated); grown voxels take the class from whatever was there, removed ones

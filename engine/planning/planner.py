@@ -26,7 +26,7 @@ PLAN_FORMAT_VERSION = 1
 
 #: Voxel budget of one 3D patch: the paper's 128×64×64 (nn-TransEC Table 6) fits a 12 GB GPU at batch 2.
 PATCH_VOXEL_BUDGET_3D = 128 * 64 * 64
-#: 2D budget: one 512×512 slice, as HCF/SANet use (GTV seed).
+#: 2D budget: one 512×512 slice, as HCF/SANet use.
 PATCH_PIXEL_BUDGET_2D = 512 * 512
 #: nnU-Net: stop pooling an axis once its feature map would fall below this many voxels.
 MIN_FEATURE_MAP = 4

@@ -31,7 +31,7 @@ PRESETS = {
     "realistic": Preset((120, 512, 512), (3.0, 0.98, 0.98)),
 }
 LABELS = _DECLARATION.label_map
-#: Largest share of voxels all nodules together may take (the spec's bound is 0.1 %).
+#: Largest share of voxels all nodules together may take (below 0.1 %: GTVs are rare on a chest CT).
 MAX_TUMOUR_FRACTION = 0.0008
 
 

@@ -8,7 +8,7 @@ nodes, so that the tumour is not simply "the brightest thing in the scan". The s
 modelled by a Gaussian point-spread function (FWHM 6–8 mm) and signal-dependent
 (Poisson-like) noise with a short correlation length, as in reconstructed PET.
 
-Pathology (the classes of the seed paper, ``esophageal`` vs ``lung`` cancer) decides where the
+Pathology (the classes of the multi-task PET outcome paper, ``esophageal`` vs ``lung`` cancer) decides where the
 tumour grows: an esophageal tumour is elongated along the esophagus (it fills the lumen and
 infiltrates the wall and periesophageal fat); a lung tumour is roundish and sits in the lung
 parenchyma (70 %), at the hilum (18 %) or centrally against the esophagus (12 %), where it can
@@ -56,7 +56,7 @@ PRESETS = {
 }
 LABELS = _DECLARATION.label_map
 PATHOLOGIES = ("esophageal", "lung")
-#: Probability of each pathology (the seed paper's cohort: 97 esophageal, 98 lung).
+#: Probability of each pathology (the PET outcome paper's cohort: 97 esophageal, 98 lung).
 PATHOLOGY_PROBABILITIES = (0.5, 0.5)
 OUTCOMES = {0: "good (response / no progression)", 1: "poor (non-response or progression)"}
 #: Logistic outcome model on standardised latent features (see the module docstring).
