@@ -1,1 +1,1 @@
-"""Qt-free logic of the EsophagusStaging module (importable with the slicer-core wheel)."""
+"""The EsophagusStaging logic under its module name (the work is in :mod:`OncoStagingCommon.logic`)."""

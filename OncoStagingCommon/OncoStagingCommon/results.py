@@ -8,7 +8,8 @@ look and behave the same in the scene:
   closed-surface 3D reconstruction;
 - the Grad-CAM heat map as a scalar volume with a heat colour table, shown as slice-view
   foreground over the input at ~40 % opacity;
-- a volume table (structure, cm³) and a stage-probability table with a bar chart;
+- a volume table (structure, cm³) and, for a task that stages, a stage-probability table with a
+  bar chart;
 - all of them named after the input, tagged with the module (owner) and the input node ID, and
   placed in one folder under the input's study in the subject hierarchy.
 
@@ -64,9 +65,10 @@ class ResultNodes:
 
     segmentation: Any
     volume_table: Any
-    probability_table: Any
-    probability_chart: Any
-    probability_series: Any
+    #: None for a task without stages (or a run that did not stage).
+    probability_table: Any | None = None
+    probability_chart: Any | None = None
+    probability_series: Any | None = None
     gradcam: Any | None = None
     folder_item: int = 0
     report: dict[str, Any] = field(default_factory=dict)
@@ -249,6 +251,7 @@ def add_table(scene: Any, name: str, columns: Sequence[tuple[str, str, list[Any]
 
 
 def add_probability_chart(scene: Any, table: Any, name: str) -> tuple[Any, Any]:
+    """A bar chart of ``table``'s probabilities, one bar per stage."""
     series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
     series.SetAndObserveTableNodeID(table.GetID())
     series.SetXColumnName(INDEX_COLUMN)
@@ -258,7 +261,7 @@ def add_probability_chart(scene: Any, table: Any, name: str) -> tuple[Any, Any]:
     series.SetColor(0.85, 0.25, 0.2)
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
     chart.AddAndObservePlotSeriesNodeID(series.GetID())
-    chart.SetTitle("T-stage probabilities")
+    chart.SetTitle("Stage probabilities")
     chart.SetXAxisTitle("Stage")
     chart.SetYAxisTitle("Probability")
     chart.SetYAxisRangeAuto(False)
@@ -295,9 +298,12 @@ def load_report(run_dir: Path) -> dict[str, Any]:
 
 def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner: str,
                        segments: Sequence[SegmentLike], gradcam_opacity: float = DEFAULT_GRADCAM_OPACITY,
-                       show_3d: bool = True) -> ResultNodes:
+                       show_3d: bool = True, with_stages: bool = True) -> ResultNodes:
     """Turn an engine run folder into scene nodes for ``input_volume``, replacing ``owner``'s previous
-    results for that input. All or nothing: on any error the scene is left as it was."""
+    results for that input. All or nothing: on any error the scene is left as it was.
+
+    The probability table and chart are made only ``with_stages`` (the task stages) and when the
+    report holds stage probabilities, so a segmentation-only task shows no empty chart."""
     run_dir = Path(run_dir)
     report = load_report(run_dir)
     labelmap = read_volume_file(run_dir / SEGMENTATION_FILE, "vtkMRMLLabelMapVolumeNode")
@@ -313,6 +319,7 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
     created: list[Any] = []
     try:
         seg = add_segmentation(scene, input_volume, labelmap, segments, f"{base} segmentation", show_3d)
+        seg.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report))
         created.append(seg)
         gradcam = None
         if gradcam_volume is not None:
@@ -322,15 +329,16 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
         volume_table = add_table(scene, f"{base} volumes", [
             (STRUCTURE_COLUMN, "string", list(volumes)), (VOLUME_COLUMN, "double", list(volumes.values()))])
         created.append(volume_table)
-        probabilities = report.get("stage_probabilities", {})
-        probability_table = add_table(scene, f"{base} stage probabilities", [
-            (INDEX_COLUMN, "double", list(range(1, len(probabilities) + 1))),
-            (STAGE_COLUMN, "string", list(probabilities)),
-            (PROBABILITY_COLUMN, "double", list(probabilities.values()))])
-        probability_table.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report))
-        created.append(probability_table)
-        chart, series = add_probability_chart(scene, probability_table, f"{base} stage probabilities chart")
-        created += [series, chart]
+        probabilities = (report.get("stage_probabilities") or {}) if with_stages else {}
+        probability_table = chart = series = None
+        if probabilities:
+            probability_table = add_table(scene, f"{base} stage probabilities", [
+                (INDEX_COLUMN, "double", list(range(1, len(probabilities) + 1))),
+                (STAGE_COLUMN, "string", list(probabilities)),
+                (PROBABILITY_COLUMN, "double", list(probabilities.values()))])
+            created.append(probability_table)
+            chart, series = add_probability_chart(scene, probability_table, f"{base} stage probabilities chart")
+            created += [series, chart]
         for node, role in ((seg, "segmentation"), (gradcam, "gradcam"), (volume_table, "volume_table"),
                            (probability_table, "probability_table"), (series, "probability_series"),
                            (chart, "probability_chart")):
@@ -354,15 +362,16 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
 def find_results(scene: Any, input_volume: Any, owner: str) -> ResultNodes | None:
     """The current results of ``owner`` for ``input_volume`` (e.g. after loading a saved scene)."""
     by_role = {n.GetAttribute(ROLE_ATTRIBUTE): n for n in result_nodes_of(scene, input_volume, owner)}
-    needed = ("segmentation", "volume_table", "probability_table", "probability_chart", "probability_series")
-    if any(role not in by_role for role in needed):
+    if "segmentation" not in by_role or "volume_table" not in by_role:
         return None
-    report_text = by_role["probability_table"].GetAttribute(REPORT_ATTRIBUTE) or "{}"
+    # Scenes saved before segmentation-only tasks existed keep the report on the probability table.
+    holders = [by_role[r] for r in ("segmentation", "probability_table") if r in by_role]
+    report_text = next((t for t in (n.GetAttribute(REPORT_ATTRIBUTE) for n in holders) if t), "{}")
     folders = _owned_folders(scene, input_volume, owner)
     return ResultNodes(segmentation=by_role["segmentation"], gradcam=by_role.get("gradcam"),
-                       volume_table=by_role["volume_table"], probability_table=by_role["probability_table"],
-                       probability_chart=by_role["probability_chart"],
-                       probability_series=by_role["probability_series"],
+                       volume_table=by_role["volume_table"], probability_table=by_role.get("probability_table"),
+                       probability_chart=by_role.get("probability_chart"),
+                       probability_series=by_role.get("probability_series"),
                        folder_item=folders[0] if folders else 0, report=json.loads(report_text))
 
 

@@ -1,7 +1,7 @@
 """Headless Slicer for the module tests: a real MRML scene from the ``slicer-core`` wheel.
 
 Slicer's own ``slicer.ScriptedLoadableModule`` imports Qt and does not exist in slicer-core, so a
-Qt-free stand-in is installed here (tests only) and the modules' ``Lib/logic.py`` imports unchanged.
+Qt-free stand-in is installed here (tests only) and :mod:`OncoStagingCommon.logic` imports unchanged.
 Everything skips, with the reason, when the ``slicer`` extra is not installed.
 """
 
@@ -58,7 +58,8 @@ def install_scripted_module_stand_in() -> None:
 
 if HAVE_SLICER:
     install_scripted_module_stand_in()
-    for folder in (REPO / "OncoStagingCommon", REPO / "EsophagusStaging", Path(__file__).parent):
+    for folder in (REPO / "OncoStagingCommon", REPO / "EsophagusStaging", REPO / "tests" / "plugins",
+                   Path(__file__).parent):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
 
@@ -141,12 +142,12 @@ def phantoms(tmp_path_factory):
 def trained(tmp_path_factory, phantoms):
     """A tiny model trained through the training panel's own path (validate → train, in-process),
     with the progress events it emitted."""
-    from EsophagusStagingLib.logic import EsophagusStagingLogic, TrainingRequest
+    from OncoStagingCommon.logic import TaskLogic, TrainingRequest
     from OncoStagingCommon.process import InProcessLauncher
 
     events: list[dict] = []
     launcher = InProcessLauncher()
-    logic = EsophagusStagingLogic(scene=slicer.vtkMRMLScene(), launcher=launcher)
+    logic = TaskLogic("esophagus", scene=slicer.vtkMRMLScene(), launcher=launcher)
     out = tmp_path_factory.mktemp("slicer_models") / "tiny-eso"
     request = TrainingRequest(dataset=phantoms.root, model_name="Tiny Eso", epochs=1, device="cpu", out_dir=out,
                               extra_args=TINY_TRAIN_ARGS)

@@ -1,5 +1,6 @@
-"""EsophagusStaging logic on a headless MRML scene: Segment & Stage → nodes, checked against the
-engine's own files voxel for voxel; re-run, Cancel and bad input leave the rest of the scene alone."""
+"""The shared task logic with the esophagus task and the real engine on a headless MRML scene:
+Segment & Stage → nodes, checked against the engine's own files voxel for voxel; re-run, Cancel and
+bad input leave the rest of the scene alone."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
 
-from EsophagusStagingLib.logic import (  # noqa: E402
-    MODULE_NAME,
-    EsophagusStagingLogic,
-    StagingInputError,
-    StagingOptions,
-    describe_training_event,
-)
 from OncoStagingCommon import results  # noqa: E402
+from OncoStagingCommon.logic import (  # noqa: E402
+    RunOptions,
+    TaskInputError,
+    TaskLogic,
+    TrainingRequest,
+    describe_training_event,
+    engine_train_args,
+    interrupted_training,
+)
 from OncoStagingCommon.process import InProcessLauncher, JobState  # noqa: E402
 
+TASK = "esophagus"
+MODULE_NAME = "EsophagusStaging"
 SEGMENT_NAMES = ["EC", "aorta", "esophagus", "lymph node", "pericardium"]
 
 
@@ -42,13 +47,13 @@ def ct(headless, phantoms):
 
 @pytest.fixture
 def logic(headless):
-    return EsophagusStagingLogic(scene=headless.scene, launcher=InProcessLauncher())
+    return TaskLogic(TASK, scene=headless.scene, launcher=InProcessLauncher())
 
 
 @pytest.fixture
 def staged(headless, ct, logic, trained, tmp_path):
     out = tmp_path / "run"
-    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", output_dir=out))
+    outcome = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu", output_dir=out))
     return outcome, out
 
 
@@ -68,30 +73,27 @@ def test_training_panel_validates_then_trains_with_live_progress(trained, monkey
     assert "epoch 1/1" in line.message and "loss" in line.message and line.fraction == 1.0
     # The new bundle appears in the model selector once it is in the user model directory.
     monkeypatch.setenv("ONCOSTAGING_MODEL_DIR", str(trained.bundle_dir.parent))
-    cards = EsophagusStagingLogic.model_cards()
+    cards = TaskLogic(TASK).model_cards()
     assert [c.id for c in cards if c.path == trained.bundle_dir] == ["tiny-eso"]
     card = next(c for c in cards if c.id == "tiny-eso")
     assert card.version == "1.0.0" and "8 cases" in card.training_data and card.intended_use
-    assert card.stage_classifiers == 1
+    assert card.ensemble_members == 1
 
 
 def test_training_refuses_a_folder_without_dataset_json(logic, tmp_path):
-    from EsophagusStagingLib.logic import TrainingRequest
-
-    with pytest.raises(StagingInputError, match="dataset.json"):
+    with pytest.raises(TaskInputError, match="dataset.json"):
         logic.start_training(TrainingRequest(dataset=tmp_path, model_name="x"))
 
 
 def test_resume_continues_a_stopped_run_and_is_refused_without_one(logic, phantoms, tmp_path):
     """'Resume a stopped run' adds ``--resume``; with nothing to resume the panel says so and starts nothing."""
-    from EsophagusStagingLib.logic import TrainingRequest, engine_train_args, interrupted_training
-
     out = tmp_path / "models" / "eso"
     request = TrainingRequest(dataset=phantoms.root, model_name="eso", out_dir=out, resume=True)
-    assert "--resume" in engine_train_args(request, out)
-    assert "--resume" not in engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="eso"), out)
+    assert "--resume" in engine_train_args(logic.task, request, out)
+    assert "--resume" not in engine_train_args(logic.task, TrainingRequest(dataset=phantoms.root, model_name="eso"),
+                                               out)
     assert not interrupted_training(out)
-    with pytest.raises(StagingInputError, match="no stopped training of 'eso'"):
+    with pytest.raises(TaskInputError, match="no stopped training of 'eso'"):
         logic.start_training(request)
     assert not (tmp_path / "models").exists()
     (out.parent / ".eso.work" / "classifier" / "checkpoints").mkdir(parents=True)  # what a stopped run leaves
@@ -100,30 +102,29 @@ def test_resume_continues_a_stopped_run_and_is_refused_without_one(logic, phanto
     assert not interrupted_training(out)
 
 
-def test_fine_tuning_starts_every_phase_from_the_selected_model(phantoms, tmp_path):
+def test_fine_tuning_starts_every_phase_from_the_selected_model(logic, phantoms, tmp_path):
     """'Fine-tune the selected model' names the model and both segmentation phases' epochs (``--epochs``
     alone would keep a reused segmentation unchanged); a folder without a model is refused."""
     from engine.cli import build_parser
-    from EsophagusStagingLib.logic import TrainingRequest, engine_train_args
 
     model = tmp_path / "installed-model"
     model.mkdir()
     (model / "model.json").write_text("{}")  # the panel checks the folder; the engine checks the bundle
     out = tmp_path / "tuned"
-    args = engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="tuned", epochs=7,
-                                             start_from=model), out)
+    args = engine_train_args(logic.task, TrainingRequest(dataset=phantoms.root, model_name="tuned", epochs=7,
+                                                         start_from=model), out)
     parsed = build_parser().parse_args(args)
     assert parsed.segmentation_from == str(model)
     assert (parsed.epochs, parsed.lowres_epochs, parsed.fullres_epochs) == (7, 7, 7)
-    plain = build_parser().parse_args(engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="x"), out))
+    plain = build_parser().parse_args(engine_train_args(logic.task, TrainingRequest(dataset=phantoms.root,
+                                                                                    model_name="x"), out))
     assert plain.segmentation_from is None and plain.lowres_epochs is None
-    with pytest.raises(StagingInputError, match="not a model to fine-tune"):
-        engine_train_args(TrainingRequest(dataset=phantoms.root, model_name="x", start_from=tmp_path), out)
+    with pytest.raises(TaskInputError, match="not a model to fine-tune"):
+        engine_train_args(logic.task, TrainingRequest(dataset=phantoms.root, model_name="x", start_from=tmp_path),
+                          out)
 
 
 def test_training_reports_validation_problems(logic, tmp_path):
-    from EsophagusStagingLib.logic import TrainingRequest
-
     (tmp_path / "dataset.json").write_text("{}")
     with pytest.raises(RuntimeError, match="not ready for training"):
         logic.train(TrainingRequest(dataset=tmp_path, model_name="broken", out_dir=tmp_path / "m"), wait=True)
@@ -210,7 +211,7 @@ def test_result_nodes_are_named_after_the_input_and_sit_in_one_folder(headless, 
 
 def test_gradcam_is_the_slice_view_foreground_at_40_percent(headless, ct, logic, trained):
     composite = headless.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu"))
+    outcome = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu"))
     assert composite.GetBackgroundVolumeID() == ct.GetID()
     assert composite.GetForegroundVolumeID() == outcome.nodes.gradcam.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.4)
@@ -236,7 +237,7 @@ def test_rerun_replaces_this_modules_outputs_and_nothing_else(headless, ct, stag
     other = headless.scene.AddNewNodeByClass("vtkMRMLTableNode", "Patient1 CT volumes")  # a user's own node
     count = headless.scene.GetNumberOfNodes()
     old_ids = [n.GetID() for n in first.nodes.nodes()]
-    second = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu"))
+    second = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu"))
     assert headless.scene.GetNumberOfNodes() == count
     assert all(headless.scene.GetNodeByID(i) is None for i in old_ids)
     assert headless.scene.IsNodePresent(other)
@@ -254,7 +255,7 @@ def _all_items(sh):
 
 def test_cancel_leaves_the_scene_as_it_was(headless, ct, logic, trained):
     before = headless.snapshot()
-    job = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu"), wait=False)
+    job = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu"), wait=False)
     logic.cancel(job)
     assert logic.poll(job) is JobState.CANCELLED
     assert headless.snapshot() == before
@@ -267,7 +268,7 @@ def test_engine_failure_is_reported_and_changes_nothing(headless, ct, logic, tra
     busy.mkdir()
     (busy / "report.json").write_text("{}")  # the engine refuses to overwrite another run's results
     with pytest.raises(RuntimeError, match="already holds results"):
-        logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", output_dir=busy))
+        logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu", output_dir=busy))
     assert headless.snapshot() == before
 
 
@@ -294,8 +295,8 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing(headless, ct, logic,
     volume = make_input(headless, ct)
     before = headless.snapshot()
     array_before = slicer.util.arrayFromVolume(ct).copy()
-    with pytest.raises(StagingInputError, match=message):
-        logic.process(volume, StagingOptions(model=str(trained.bundle_dir), device="cpu"))
+    with pytest.raises(TaskInputError, match=message):
+        logic.process(volume, RunOptions(model=str(trained.bundle_dir), device="cpu"))
     assert headless.snapshot() == before
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), array_before)
 
@@ -309,47 +310,43 @@ def test_a_model_of_another_task_is_refused_before_running(headless, ct, logic, 
     manifest["task"] = "npc"
     (other / "model.json").write_text(json.dumps(manifest))
     before = headless.snapshot()
-    with pytest.raises(StagingInputError, match="task 'npc'"):
-        logic.process(ct, StagingOptions(model=str(other), device="cpu"))
+    with pytest.raises(TaskInputError, match="task 'npc'"):
+        logic.process(ct, RunOptions(model=str(other), device="cpu"))
     assert headless.snapshot() == before
     assert logic.launcher.commands == []
 
 
 def test_test_time_augmentation_is_checked_then_passed_to_the_engine(headless, ct, logic, trained):
-    from EsophagusStagingLib.logic import TTA_CHOICES
-    from engine.pipelines.esophagus import TTA_MODES
-
-    assert TTA_CHOICES == TTA_MODES
     before = headless.snapshot()
-    with pytest.raises(StagingInputError, match="one of all, stage, none"):
-        logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", tta="mirror"))
+    with pytest.raises(TaskInputError, match="one of all, stage, none"):
+        logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu", tta="mirror"))
     assert headless.snapshot() == before and logic.launcher.commands == []
-    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu", tta="stage"))
+    outcome = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu", tta="stage"))
     args = logic.launcher.commands[-1]
     assert args[args.index("--tta") + 1] == "stage"
     assert outcome.report["test_time_augmentation"]["segmentation"] == "none"
 
 
 def test_no_installed_model_says_how_to_get_one(headless, ct, logic):
-    with pytest.raises(StagingInputError, match="Import a model bundle"):
-        logic.process(ct, StagingOptions(model=None, device="cpu"))
+    with pytest.raises(TaskInputError, match="Import a model bundle"):
+        logic.process(ct, RunOptions(model=None, device="cpu"))
 
 
 # ---------------------------------------------------------------------------------------- the real child process
 
 def test_real_subprocess_runs_segment_and_stage(headless, ct, trained):
-    logic = EsophagusStagingLogic(scene=headless.scene)  # default launcher: a child Python process
+    logic = TaskLogic(TASK, scene=headless.scene)  # default launcher: a child Python process
     seen = []
-    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu"), on_progress=seen.append)
+    outcome = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu"), on_progress=seen.append)
     assert outcome.predicted_stage in ("T1", "T2", "T3", "T4")
     assert seen and seen[-1].fraction == 1.0 and any(p.message == "Staging" for p in seen)
     assert outcome.nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 5
 
 
 def test_cancel_kills_the_whole_process_tree(headless, ct, trained):
-    logic = EsophagusStagingLogic(scene=headless.scene)
+    logic = TaskLogic(TASK, scene=headless.scene)
     before = headless.snapshot()
-    job = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu"), wait=False)
+    job = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu"), wait=False)
     pid = job.engine_job._process.pid
     logic.cancel(job)
     assert job.state is JobState.CANCELLED
@@ -358,17 +355,15 @@ def test_cancel_kills_the_whole_process_tree(headless, ct, trained):
     assert headless.snapshot() == before
 
 
-def test_model_card_says_how_many_classifiers_the_staging_averages(tmp_path):
+def test_model_card_says_how_many_classifiers_the_staging_averages(logic, tmp_path):
     from types import SimpleNamespace
-
-    from EsophagusStagingLib.logic import _card
 
     def bundle(architecture):
         return SimpleNamespace(id="m", name="M", version="1.0.0", path=tmp_path, intended_use="research",
                                is_demo=False, metrics={}, architecture=architecture,
                                training={"data": {"dataset": "D", "cases": 3}})
 
-    assert _card(bundle({"name": "nn-MTNet"})).stage_classifiers == 1
+    assert logic._card(bundle({"name": "nn-MTNet"})).ensemble_members == 1
     members = ["classifier", "classifier_2", "classifier_3"]
     ensemble = bundle({"name": "nn-MTNet", "classifier_members": members})
-    assert _card(ensemble).stage_classifiers == 3
+    assert logic._card(ensemble).ensemble_members == 3

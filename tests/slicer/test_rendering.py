@@ -18,8 +18,8 @@ import SimpleITK as sitk  # noqa: E402
 import slicer.util  # noqa: E402
 
 import offscreen  # noqa: E402  (tests/slicer is on sys.path: pytest rootdir-relative import)
-from EsophagusStagingLib.logic import EsophagusStagingLogic, StagingOptions  # noqa: E402
 from OncoStagingCommon import results  # noqa: E402
+from OncoStagingCommon.logic import RunOptions, TaskLogic  # noqa: E402
 from OncoStagingCommon.process import InProcessLauncher  # noqa: E402
 
 
@@ -28,9 +28,9 @@ def rendered(headless, phantoms, trained, tmp_path):
     ct = headless.load_volume(phantoms.training[0].image_files[0], "Patient1 CT")
     three_d = offscreen.ThreeDView(headless.scene, headless.app_logic, size=(400, 400))
     axial = offscreen.SliceView(headless.scene, headless.app_logic, size=(400, 400))
-    logic = EsophagusStagingLogic(scene=headless.scene, launcher=InProcessLauncher())
-    outcome = logic.process(ct, StagingOptions(model=str(trained.bundle_dir), device="cpu",
-                                               output_dir=tmp_path / "run"))
+    logic = TaskLogic("esophagus", scene=headless.scene, launcher=InProcessLauncher())
+    outcome = logic.process(ct, RunOptions(model=str(trained.bundle_dir), device="cpu",
+                                           output_dir=tmp_path / "run"))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "segmentation.nii.gz")))
     return ct, outcome, labels, three_d, axial
 
