@@ -1,5 +1,6 @@
 """What CI can check of the Slicer-only files: the .ui loads in a real Qt loader, every widget the
-module code uses exists in it, CMake lists every file on disk, and the extension metadata is complete."""
+shared panel and the module use exists in it, a module file is thin, CMake lists every file on disk,
+and the extension metadata is complete."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["EsophagusStaging"]
+SHARED_WIDGET = REPO / "OncoStagingCommon" / "OncoStagingCommon" / "widget.py"
+#: What only the shared logic and panel do: run and poll engine processes, build results, keep GUI state.
+SHARED_ONLY = ("EngineJob", "subprocess", "Launcher", "poll(", "import_run_results", "engine.pipelines",
+               "--progress", "parameterNodeWrapper")
 PAPER = ("Segmentation prompts classification: nnU-Net-based 3D transfer learning with ROI tokenization and "
          "cross-task attention for esophageal cancer T-stage diagnosis (nn-TransEC)")
 
@@ -23,8 +28,10 @@ def ui_path(module: str) -> Path:
 
 
 def widget_names_used(module: str) -> set[str]:
-    source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
-    return set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", source))
+    """``self.ui.<name>`` of the shared panel (every module's .ui needs them) and of the module itself."""
+    sources = [SHARED_WIDGET, REPO / module / f"{module}.py"]
+    return {name for path in sources
+            for name in re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", path.read_text(encoding="utf-8"))}
 
 
 def custom_widgets(ui: Path) -> dict[str, str]:
@@ -87,7 +94,7 @@ def test_ui_loads_and_has_every_widget_the_code_uses(qt_app, module):
 def test_ui_parameter_names_exist_in_the_parameter_node(module):
     root = ET.parse(ui_path(module)).getroot()
     params = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
-    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(SHARED_WIDGET.read_text(encoding="utf-8"))
     wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef)
                    and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list))
     fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
@@ -161,4 +168,24 @@ def test_lib_logic_never_imports_qt(module):
         assert not imported & {"qt", "ctk", "PythonQt"}, path
         assert "slicer.app" not in path.read_text(encoding="utf-8"), path
     for path in (REPO / "OncoStagingCommon").rglob("*.py"):
-        assert not re.search(r"^\s*(import|from) (qt|ctk)\b", path.read_text(encoding="utf-8"), re.M), path
+        if path != SHARED_WIDGET:  # the panel; everything else of the package runs headless
+            assert not re.search(r"^\s*(import|from) (qt|ctk)\b", path.read_text(encoding="utf-8"), re.M), path
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_is_thin_and_names_its_task(module):
+    """A module is its metadata, a TaskWidget subclass naming a task and .ui, and its self-test: the
+    engine process, progress and results belong to the shared logic."""
+    from engine.tasks import get_task
+
+    path = REPO / module / f"{module}.py"
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 150
+    assert [s for s in SHARED_ONLY if s in source] == []
+    task_name = re.search(r'^TASK = "([\w-]+)"$', source, re.M).group(1)
+    widget = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+    assert [b.id for b in widget.bases] == ["TaskWidget"]
+    assigned = {t.id: n.value for n in widget.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert getattr(assigned["TASK"], "id", None) == "TASK"
+    assert get_task(task_name).slicer_module == module
+    assert (REPO / module / "Resources" / ast.literal_eval(assigned["UI_FILE"])).is_file()
