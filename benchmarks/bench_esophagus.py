@@ -4,7 +4,7 @@
 On one synthetic CT phantom (``realistic`` preset: 237×256×256 at 1.0×0.73×0.73 mm) this times, in one
 process with one thread count:
 
-- **ours**: :func:`engine.pipelines.esophagus.segment_and_stage` end to end — intensity check,
+- **ours**: :func:`engine.tasks.esophagus.segment.segment_and_stage` end to end — intensity check,
   preprocessing (both cascade resolutions), low- and full-resolution sliding windows, post-processing,
   KRT crop, stage classification, Grad-CAM, restoring to the original geometry and writing every output
   file (segmentation.nii.gz, segmentation.seg.nrrd, gradcam.nii.gz, overview.png, report.json);
@@ -196,30 +196,32 @@ def make_phantom_and_plan(args: argparse.Namespace, work: Path):
 def untrained_bundle(plan, args: argparse.Namespace, out: Path):
     """An EsophagusStaging bundle with random weights (fixed torch seed), saved like a trained one."""
     from engine.models.nn_mtnet import ClassifierOptions, NnMTNet, SegmentationNet
-    from engine.pipelines import esophagus as eso
     from engine.registry.bundle import save_bundle
+    from engine.tasks.esophagus import STAGES, TASK
+    from engine.tasks.esophagus.networks import network_specs
+    from engine.tasks.esophagus.options import ARCHITECTURE, CLASSIFIER, FULLRES, LOWRES, TrainOptions
 
-    options = eso.TrainOptions(base_features=args.base_features, max_features=args.max_features,
-                               seed=args.seed, device="cpu")
-    spec_low, spec_full = eso.network_specs(plan, options)
-    stage_names = list(plan.stage_names or eso.STAGES)
+    options = TrainOptions(base_features=args.base_features, max_features=args.max_features,
+                           seed=args.seed, device="cpu")
+    spec_low, spec_full = network_specs(plan, options)
+    stage_names = list(plan.stage_names or STAGES)
     cls_options = ClassifierOptions(num_stages=len(stage_names), attention=True)
     torch.manual_seed(args.seed)
     low_net = SegmentationNet(spec_low)
     net = NnMTNet(spec_full, cls_options)
     net.transfer_encoder()  # as training does; weight values do not change the timing
-    architecture = {"name": eso.ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
+    architecture = {"name": ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
                     "classifier": asdict(cls_options), "krt": True, "direct_3d": False,
                     "whole_volume_size": None, "variant": "full"}
     bundle = save_bundle(
         out, id="bench-esophagus-untrained", name="Untrained nn-MTNet (benchmark only)", version="0.0.0",
-        task=eso.TASK, architecture=architecture, plan=plan.to_dict(), labels=eso.bundle_labels(plan.labels),
+        task=TASK.name, architecture=architecture, plan=plan.to_dict(), labels=TASK.styled_labels(plan.labels),
         stages=stage_names, modality="CT",
         training={"note": "untrained: random initialisation, for timing only", "seed": args.seed,
                   "options": asdict(options)},
         metrics={}, intended_use="benchmark timing only; untrained, produces meaningless output",
-        weights={eso.LOWRES: low_net.state_dict(), eso.FULLRES: net.segmentation.state_dict(),
-                 eso.CLASSIFIER: net.classifier.state_dict()})
+        weights={LOWRES: low_net.state_dict(), FULLRES: net.segmentation.state_dict(),
+                 CLASSIFIER: net.classifier.state_dict()})
     del low_net, net
     return bundle
 
@@ -337,8 +339,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import monai
     import SimpleITK as sitk
 
-    from engine.pipelines import esophagus as eso
+    from engine.planning.planner import Plan
     from engine.registry import load_bundle
+    from engine.tasks.esophagus import TASK
+    from engine.tasks.esophagus.predictor import EsophagusPredictor
+    from engine.tasks.esophagus.segment import segment_and_stage
     from engine.utils.device import describe_device, select_device
 
     if args.threads:
@@ -350,13 +355,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         image, image_path, plan = make_phantom_and_plan(args, work)
         if args.model:
-            bundle = load_bundle(Path(args.model).expanduser(), expected_task=eso.TASK, verify=True)
+            bundle = load_bundle(Path(args.model).expanduser(), expected_task=TASK.name, verify=True)
             where = Path(args.model).expanduser().absolute()
             model_desc = f"bundle {bundle.id} {bundle.version} from --model ({where})"
         else:
             bundle = untrained_bundle(plan, args, work / "model")
             model_desc = f"untrained bundle (random init, torch seed {args.seed}) planned on the phantom"
-        plan = eso.Plan.from_dict(bundle.plan)
+        plan = Plan.from_dict(bundle.plan)
         num_classes = len(plan.labels)
         shapes = expected_shapes(image, plan)
         gc.collect()
@@ -372,17 +377,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _cuda_window_start(device)
         with monitor.window(ours):
             t = time.perf_counter()
-            predictor = eso.EsophagusPredictor(bundle, str(device))
+            predictor = EsophagusPredictor(bundle, str(device))
             ours["model_load_s"] = round(time.perf_counter() - t, 4)
 
             def ours_once(i: int) -> dict[str, Any]:
                 out = outputs_root / f"ours_{i}"
                 if args.from_file:
-                    result = eso.segment_and_stage(image_path, out, bundle, device=str(device), gradcam=True,
-                                                   tta=args.tta)
+                    result = segment_and_stage(image_path, out, bundle, device=str(device), gradcam=True,
+                                               tta=args.tta)
                 else:
-                    result = eso.segment_and_stage(image, out, predictor, device=str(device), gradcam=True,
-                                                   tta=args.tta)
+                    result = segment_and_stage(image, out, predictor, device=str(device), gradcam=True,
+                                               tta=args.tta)
                 files = sorted(p.name for p in result.files.values())
                 shutil.rmtree(out, ignore_errors=True)  # not counted: the writes have finished
                 return {"report": result.report, "files": files}

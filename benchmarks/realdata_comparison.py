@@ -127,11 +127,12 @@ def check_widths(work: Path, method: str, features: Sequence[int]) -> None:
 def engine_trainer_config(args: argparse.Namespace, work: Path, batch: int):
     """The trainer settings ``engine train`` gives a segmentation phase (optimiser, schedule, gradient
     clipping), taken from the pipeline itself so that "ours" cannot drift from what users train."""
-    from engine.pipelines.esophagus import TrainOptions, _trainer_config
+    from engine.tasks.esophagus.options import TrainOptions
+    from engine.tasks.esophagus.training import trainer_config
 
     options = TrainOptions(seed=args.seed, device=args.device, val_every=max(1, args.epochs),
                            num_workers=args.num_workers)
-    return _trainer_config(options, work, args.epochs, batch, options.lr, "train_loss", "min",
+    return trainer_config(options, work, args.epochs, batch, options.lr, "train_loss", "min",
                            args.steps_per_epoch)
 
 
@@ -141,7 +142,7 @@ def training_setup(method: str, deep_supervision_outputs: int):
     from monai.losses import DiceCELoss
 
     from engine.losses import DeepSupervisionLoss, segmentation_loss
-    from engine.pipelines.esophagus import TrainOptions
+    from engine.tasks.esophagus.options import TrainOptions
     from engine.training.config import OptimizerConfig, SchedulerConfig
 
     if method == "ours":

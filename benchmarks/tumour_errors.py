@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from engine.data.dataset import RawDataset
     from engine.errors import EngineError
-    from engine.pipelines import esophagus as pipeline
+    from engine.tasks import get_task
 
     dataset = RawDataset.load(args.data)
     labels = {n: int(v) for n, v in dataset.description.labels.items()}
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         raise SystemExit(f"error: no labelled case to analyse in {args.data}")
     predictor = (None if args.no_model
-                 else pipeline.EsophagusPredictor(pipeline.load_model(args.model), args.device))
+                 else get_task("esophagus").load_predictor(args.model, args.device))
     rows = []
     for i, case in enumerate(cases):
         start = time.time()

@@ -89,15 +89,17 @@ DEMO_CASE_SEED = 31337
 def run_staging_demo(out: Path, seed: int = DEMO_CASE_SEED, device: str = "auto") -> int:
     from engine.cli import format_staging_result
     from engine.io.image import write_image
-    from engine.pipelines import esophagus
+    from engine.pipelines.case import load_model
     from engine.synth import generate_case
+    from engine.tasks import get_task
 
-    bundle = esophagus.load_model(None)
+    task = get_task("esophagus")
+    bundle = load_model(task.name, None)
     case = generate_case("esophagus", seed, "small")
     out.mkdir(parents=True, exist_ok=True)
     ct = out / "demo_ct.nii.gz"
     write_image(case.channels[0], ct)
-    result = esophagus.segment_and_stage(ct, out / "segment_and_stage", bundle, device=device, overwrite=True)
+    result = task.segment(ct, out / "segment_and_stage", bundle, device=device, overwrite=True)
     print(f"Demo phantom CT (seed {seed}): {ct}  — true stage {case.targets.t_stage}")
     print(format_staging_result(result.report, result.out_dir))
     return 0

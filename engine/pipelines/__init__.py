@@ -1,1 +1,2 @@
-"""One pipeline module per task (train, Segment & Stage, evaluate); shared output writing."""
+"""What every task's pipeline shares: the single-case runner (:mod:`.case`), the batch runner
+(:mod:`.runner`), result writing (:mod:`.outputs`) and the training run folder (:mod:`.training_run`)."""

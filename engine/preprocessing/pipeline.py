@@ -152,6 +152,11 @@ class Preprocessor:
         return out
 
     @staticmethod
+    def restore_map(values: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+        """(z, y, x) values on the preprocessed grid (a heat map) → the original grid (linear)."""
+        return Preprocessor._restore(values[None], record, is_label=False)[0]
+
+    @staticmethod
     def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool) -> np.ndarray:
         if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.resampled_shape, record.pads)]:
             raise ValueError(f"prediction shape {arrays.shape[1:]} does not match the preprocessed shape "

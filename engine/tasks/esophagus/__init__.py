@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.tasks.base import Label, PlanDefaults, Task, anatomy, neoplasm
+from engine.tasks.base import Label, PlanDefaults, Task, anatomy, check_tta, neoplasm
 
 STAGES = ("T1", "T2", "T3", "T4")
 TUMOUR, ORGAN_OF_ORIGIN = "EC", "esophagus"
@@ -42,42 +42,46 @@ class EsophagusTask(Task):
 
     def train(self, dataset, out_dir, *, plan=None, callbacks=(), overwrite=False, command=None, resume=False,
               **options):
-        from engine.pipelines import esophagus
+        from engine.tasks.esophagus.training import train
 
-        return esophagus.train(dataset, out_dir, options.get("options"), plan=plan, callbacks=list(callbacks),
-                               overwrite=overwrite, command=command, resume=resume)
+        return train(dataset, out_dir, options.get("options"), plan=plan, callbacks=list(callbacks),
+                     cancel=options.get("cancel"), overwrite=overwrite, command=command, resume=resume)
 
     def load_predictor(self, model=None, device="auto"):
-        from engine.pipelines import esophagus
+        from engine.pipelines.case import load_model
+        from engine.tasks.esophagus.predictor import EsophagusPredictor
 
-        if isinstance(model, esophagus.EsophagusPredictor):
+        if isinstance(model, EsophagusPredictor):
             return model
-        return esophagus.EsophagusPredictor(esophagus.load_model(model), device)
+        return EsophagusPredictor(load_model(self.name, model), device)
 
     def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False, progress=None,
                 cancel=None, series_uid=None, tta="all", **options):
-        from engine.pipelines import esophagus
+        from engine.tasks.esophagus.segment import segment_and_stage
 
-        return esophagus.segment_and_stage(source, out_dir, model, device=device, gradcam=gradcam,
-                                           overwrite=overwrite, progress=progress, cancel=cancel,
-                                           series_uid=series_uid, tta=tta)
+        return segment_and_stage(source, out_dir, model, device=device, gradcam=gradcam, overwrite=overwrite,
+                                 progress=progress, cancel=cancel, series_uid=series_uid, tta=tta)
+
+    def run_batch(self, source, out_dir, model=None, *, tta="all", **options):
+        check_tta(tta)  # a wrong level is the command's error, not one per case
+        return super().run_batch(source, out_dir, model, tta=tta, **options)
 
     def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None, cancel=None,
                  tta="all", **options):
-        from engine.pipelines import esophagus
+        from engine.tasks.esophagus.evaluation import evaluate
 
-        return esophagus.evaluate(dataset, out_dir, model, device=device, overwrite=overwrite, progress=progress,
-                                  cancel=cancel, tta=tta, cases=options.get("cases"))
+        return evaluate(dataset, out_dir, model, device=device, overwrite=overwrite, progress=progress,
+                        cancel=cancel, tta=tta, cases=options.get("cases"))
 
     def ensemble(self, models, out_dir, **options):
-        from engine.pipelines import esophagus
+        from engine.tasks.esophagus.ensemble import ensemble_classifiers
 
-        return esophagus.ensemble_classifiers(models, out_dir, **options)
+        return ensemble_classifiers(models, out_dir, **options)
 
     def ensemble_members(self, bundle) -> list[str]:
-        from engine.pipelines import esophagus
+        from engine.tasks.esophagus.options import classifier_weight_names
 
-        return esophagus.classifier_weight_names(bundle)
+        return classifier_weight_names(bundle)
 
 
 TASK = EsophagusTask(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-CLASSIFIER_CHECKPOINTS = ("final", "best")
+from engine.tasks.esophagus.options import CLASSIFIER_CHECKPOINTS, TrainOptions
+
 SEGMENTATION_LOSSES = ("focal", "focal+dice")
 
 
@@ -41,10 +42,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "is always trained anew (--epochs sets only its epochs here)")
 
 
-def train_options(args: argparse.Namespace):
+def train_options(args: argparse.Namespace) -> TrainOptions:
     """The ``TrainOptions`` a parsed ``engine train --task esophagus`` command line asks for."""
-    from engine.registry.bundle import DEMO_INTENDED_USE
-    from engine.pipelines.esophagus import TrainOptions
+    from engine.registry import DEMO_INTENDED_USE
 
     per_phase = {k: args.epochs if getattr(args, k) is None else getattr(args, k)
                  for k in ("lowres_epochs", "fullres_epochs", "classifier_epochs")}
