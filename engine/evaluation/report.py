@@ -40,8 +40,8 @@ from engine.errors import EngineError
 from engine.evaluation.cases import SEGMENTATION_METRICS, CaseEvaluation, evaluate_case
 from engine.evaluation.markdown import render_markdown
 from engine.evaluation.plots import render_bland_altman_png, render_roc_png
-from engine.evaluation.summary import (MIN_CASES_VOLUME_AGREEMENT, EvaluationReport, MetricSummary, StageStratum,
-                                       StructureSummary, VolumeAgreement, summarize)
+from engine.evaluation.summary import (MIN_CASES_VOLUME_AGREEMENT, EvaluationReport, MetricSummary,
+                                       StageStratum, StructureSummary, VolumeAgreement, summarize)
 from engine.utils.atomic import atomic_write_bytes
 
 __all__ = [

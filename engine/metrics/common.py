@@ -89,6 +89,17 @@ def check_same_length(**arrays: np.ndarray) -> int:
     return next(iter(lengths.values()))
 
 
+def paired_values(a: Any, b: Any, what: str, minimum: int = 1,
+                  names: tuple[str, str] = ("a", "b")) -> tuple[np.ndarray, np.ndarray, int]:
+    """Two finite 1-D arrays of the same length ``n ≥ minimum`` for the paired statistic ``what``."""
+    x, y = as_1d(a, names[0]), as_1d(b, names[1])
+    n = check_same_length(**{names[0]: x, names[1]: y})
+    if n < minimum:
+        pairs = "one pair" if minimum == 1 else f"{minimum} pairs, got {n}"
+        raise MetricInputError(f"{what} needs at least {pairs}.")
+    return x, y, n
+
+
 def as_binary(values: Any, name: str) -> np.ndarray:
     """A boolean array from bool/0-1 input; anything else is an error (no silent thresholding)."""
     arr = np.asarray(values)

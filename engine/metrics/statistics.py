@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from engine.metrics.common import JsonResult, MetricInputError, as_1d, as_binary, check_same_length
+from engine.metrics.common import (JsonResult, MetricInputError, as_1d, as_binary, check_same_length,
+                                   paired_values)
 
 __all__ = [
     "delong_roc_variance", "DeLongResult", "delong_test", "McNemarResult", "mcnemar_test",
@@ -175,11 +176,7 @@ def wilcoxon_test(a: object, b: object) -> WilcoxonResult:
     Uses :func:`scipy.stats.wilcoxon` with its defaults (zero differences dropped, exact null
     distribution for small samples). All differences zero → statistic 0, p = 1 (no evidence of a shift).
     """
-    x = as_1d(a, "a")
-    y = as_1d(b, "b")
-    n = check_same_length(a=x, b=y)
-    if n < 1:
-        raise MetricInputError("wilcoxon_test needs at least one pair.")
+    x, y, n = paired_values(a, b, "wilcoxon_test")
     d = x - y
     median = float(np.median(d))
     if np.all(d == 0):
@@ -202,11 +199,7 @@ class PearsonResult(JsonResult):
 
 def pearson(x: object, y: object) -> PearsonResult:
     """Pearson's r and p-value (:func:`scipy.stats.pearsonr`). Constant input → r and p are NaN."""
-    xa = as_1d(x, "x")
-    ya = as_1d(y, "y")
-    n = check_same_length(x=xa, y=ya)
-    if n < 2:
-        raise MetricInputError(f"pearson needs at least 2 pairs, got {n}.")
+    xa, ya, n = paired_values(x, y, "pearson", minimum=2, names=("x", "y"))
     if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return PearsonResult(r=math.nan, p_value=math.nan, n=n, ci_low=math.nan, ci_high=math.nan)
     res = stats.pearsonr(xa, ya)
@@ -230,11 +223,7 @@ class BlandAltmanResult(JsonResult):
 
 def bland_altman(a: object, b: object) -> BlandAltmanResult:
     """Bias (mean of a − b), SD of the differences (ddof=1) and 95 % limits of agreement bias ± 1.96·SD."""
-    x = as_1d(a, "a")
-    y = as_1d(b, "b")
-    n = check_same_length(a=x, b=y)
-    if n < 2:
-        raise MetricInputError(f"bland_altman needs at least 2 pairs, got {n}.")
+    x, y, n = paired_values(a, b, "bland_altman", minimum=2)
     d = x - y
     mean = float(d.mean())
     sd = float(d.std(ddof=1))

@@ -1,8 +1,9 @@
 """Model bundles: a folder (or a zip of it) with ``model.json``, safetensors weights and a model card.
 
 :func:`load_bundle` opens and verifies a bundle (folder, its model.json, or a zip); :func:`save_bundle`
-writes one atomically. The format and its validation are in :mod:`engine.registry.manifest`, whose
-names are re-exported here; zip safety is in :mod:`engine.registry.archive`.
+writes one atomically. The format and its validation are in :mod:`engine.registry.manifest` (the
+names callers need with these functions are re-exported here); zip safety is in
+:mod:`engine.registry.archive`.
 
 Importing this module does not import torch: saving and reading weights import it when called.
 """
@@ -24,43 +25,25 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import engine
 from engine.errors import BundleError
 from engine.registry.archive import extract_bundle_zip
-from engine.registry.manifest import (
-    DEMO_INTENDED_USE,
-    FORMAT_VERSION,
-    HALF_PRECISION_STORAGE,
-    MANIFEST_NAME,
-    MODALITIES,
-    MODEL_CARD_NAME,
-    REQUIRED_KEYS,
-    WEIGHTS_SUFFIX,
-    Label,
-    ModelBundle,
-    WeightFile,
-    check_task,
-    check_weights,
-    manifest_to_bundle,
-    read_manifest,
-    semver_key,
-    sha256_file,
-    weights_file_name,
-)
+from engine.registry.manifest import (DEMO_INTENDED_USE, FORMAT_VERSION, HALF_PRECISION_STORAGE,
+                                      MANIFEST_NAME, MODEL_CARD_NAME, REQUIRED_KEYS, Label, ModelBundle,
+                                      check_task, check_weights, manifest_to_bundle, read_manifest,
+                                      sha256_file, weights_file_name)
 from engine.utils.atomic import check_target, replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 __all__ = [
-    "DEMO_INTENDED_USE", "FORMAT_VERSION", "HALF_PRECISION_STORAGE", "MANIFEST_NAME", "MODALITIES",
-    "MODEL_CARD_NAME", "REQUIRED_KEYS", "WEIGHTS_SUFFIX", "Label", "ModelBundle", "WeightFile",
-    "check_bundle_target", "half_precision", "load_bundle", "manifest_to_bundle", "read_manifest",
-    "save_bundle", "semver_key", "sha256_file", "weights_file_name",
+    "DEMO_INTENDED_USE", "HALF_PRECISION_STORAGE", "Label", "ModelBundle", "check_bundle_target",
+    "half_precision", "load_bundle", "save_bundle",
 ]
 
 log = logging.getLogger(__name__)
 
 
 def check_bundle_target(out_dir: Path, overwrite: bool, what: str) -> None:
-    """A :class:`BundleError` when ``what`` would replace the non-empty folder ``out_dir`` without ``overwrite``."""
+    """A :class:`BundleError` when ``what`` would replace the non-empty ``out_dir`` without ``overwrite``."""
     check_target(out_dir, overwrite, what, BundleError)
 
 
@@ -166,7 +149,8 @@ def _prepare_state_dict(state: Mapping[str, Any], name: str) -> dict[str, torch.
     return out
 
 
-def _manifest(fields: Mapping[str, Any], extra: Mapping[str, Any] | None, weights_dtype: str | None) -> dict[str, Any]:
+def _manifest(fields: Mapping[str, Any], extra: Mapping[str, Any] | None,
+              weights_dtype: str | None) -> dict[str, Any]:
     """The model.json content of :func:`save_bundle`'s arguments, weights list still empty."""
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "id": fields["id"], "name": fields["name"],
@@ -270,7 +254,8 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_folder(tmp, manifest, files, weights, weights_dtype, model_card)
-        check_bundle_target(out, overwrite, "saving the model")  # re-check: someone may have written meanwhile
+        # Check again: someone may have written there meanwhile.
+        check_bundle_target(out, overwrite, "saving the model")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,7 @@ segmentations. Weights are safetensors only; nothing here ever unpickles.
     id              slug: lower-case letters, digits, '-', '_', '.' (starts with a letter/digit)
     name            human-readable name
     version         semantic version "MAJOR.MINOR.PATCH[-pre][+build]"
-    task            a task name of :func:`engine.tasks.task_names` ("esophagus", "npc", "gtv", "pet", plug-ins)
+    task            a name of :func:`engine.tasks.task_names` ("esophagus", "npc", "gtv", "pet", plug-ins)
     architecture    {"name": str, ...constructor kwargs}
     plan            dict, the planner's output (opaque here)
     labels          [{"name", "value" (int >= 0), "color" [r, g, b] 0-255,
@@ -375,7 +375,7 @@ def manifest_to_bundle(raw: Mapping[str, Any], folder: Path,
     known = task_names()
     if task not in known:
         raise _err(folder, f"unknown task {task!r}; known tasks are {', '.join(known)}.",
-                   "This bundle is not an OncoStaging model, needs a newer engine, or needs its task's plug-in.")
+                   "This bundle is not an OncoStaging model, or needs a newer engine or its task's plug-in.")
     if expected_task is not None and task != expected_task:
         raise _err(folder, f"model '{mid}' {version} is for task '{task}', not '{expected_task}'.",
                    f"Pick or import a model trained for '{expected_task}'.")
