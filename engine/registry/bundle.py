@@ -47,10 +47,6 @@ def check_bundle_target(out_dir: Path, overwrite: bool, what: str) -> None:
     check_target(out_dir, overwrite, what, BundleError)
 
 
-# Transitional name for callers outside the registry that still use the former private helper.
-_check_target = check_bundle_target
-
-
 # ------------------------------------------------------------------------------------------------- load
 
 def load_bundle(path: str | os.PathLike, expected_task: str | None = None,
