@@ -1,0 +1,339 @@
+"""The shared task logic with tasks other than the esophagus: the plug-in toy task (stages "low" and
+"high") and a segmentation-only task. Labels and stages come from the task declaration; a fake engine
+process writes the run folder, so these tests need no model; one test runs the real engine in a child
+process that finds the plug-in through ``$ONCOSTAGING_TASKS``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed; install the 'slicer' extra")
+
+import SimpleITK as sitk  # noqa: E402
+import slicer  # noqa: E402
+import slicer.util  # noqa: E402
+
+from engine.tasks import TASKS_ENV, Task, register_task, unregister_task  # noqa: E402
+from OncoStagingCommon import results  # noqa: E402
+from OncoStagingCommon.logic import (  # noqa: E402
+    RunOptions,
+    TaskInputError,
+    TaskLogic,
+    TrainingRequest,
+    train_options_of,
+)
+from OncoStagingCommon.process import EngineJob, JobState  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+LESION, ORGAN = 1, 2
+
+
+# ---------------------------------------------------------------------------------------- a fake engine
+
+class FakeRun:
+    """One fake ``python -m engine`` command: running at the first poll, finished at the second."""
+
+    def __init__(self, engine: "FakeEngine", args: list[str]):
+        self.engine, self.args, self.pid = engine, args, None
+        self.polls, self.killed = 0, False
+        self.lines = ['@@progress {"kind": "step", "name": "segmentation", "fraction": 0.5}', "working"]
+
+    def poll(self) -> int | None:
+        if self.killed:
+            return -15
+        self.polls += 1
+        if self.polls < 2:
+            return None
+        if self.args[0] == "run":
+            self.engine.write_run(self.args)
+        return 0
+
+    def read_lines(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+    def kill_tree(self) -> None:
+        self.killed = True
+
+
+class FakeEngine:
+    """A launcher standing in for the engine: records each command and its environment; a ``run``
+    writes what the engine writes (label map on the input's grid, report.json) for ``task``."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.commands: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
+        self.runs: list[FakeRun] = []
+
+    def __call__(self, argv: Sequence[str], env: dict[str, str]) -> FakeRun:
+        assert list(argv[1:3]) == ["-m", "engine"]
+        self.commands.append(list(argv[3:]))
+        self.envs.append(dict(env))
+        self.runs.append(FakeRun(self, list(argv[3:])))
+        return self.runs[-1]
+
+    def write_run(self, args: list[str]) -> None:
+        option = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
+        out = Path(option["--out"])
+        out.mkdir(parents=True, exist_ok=True)
+        image = sitk.ReadImage(option["--input"])
+        labels = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+        labels[2:6, 4:10, 4:10] = LESION
+        labels[2:6, 12:20, 4:12] = ORGAN
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(image)
+        sitk.WriteImage(label_image, str(out / results.SEGMENTATION_FILE))
+        voxel_cm3 = float(np.prod(image.GetSpacing())) / 1000.0
+        report: dict[str, Any] = {"task": self.task.name, "model": {"intended_use": "tests"}, "warnings": [],
+                                  "volumes_cm3": {lab.name: float((labels == lab.value).sum()) * voxel_cm3
+                                                  for lab in self.task.labels}}
+        if self.task.stage_names:
+            probabilities = np.linspace(1.0, 2.0, len(self.task.stage_names))
+            probabilities /= probabilities.sum()
+            report["stage_probabilities"] = dict(zip(self.task.stage_names, probabilities.tolist()))
+            report["predicted_stage"] = self.task.stage_names[-1]
+        (out / results.REPORT_FILE).write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------------------------------- tasks and models
+
+@pytest.fixture
+def toy():
+    """The plug-in example task of the test suite, registered for this test."""
+    import toy_task
+
+    register_task(toy_task.TASK, replace=True)
+    yield toy_task.TASK
+    unregister_task(toy_task.TASK.name)
+
+
+@pytest.fixture
+def segmentation_only(toy):
+    """A task that segments and does not stage (no stage names), declared here."""
+    task = register_task(Task(name="toyseg", title="Toy segmentation without stages", modality="CT",
+                              labels=toy.labels, stage_names=None, tumour_label="lesion"), replace=True)
+    yield task
+    unregister_task(task.name)
+
+
+def save_model(task: Task, folder: Path) -> Path:
+    """A valid bundle of ``task`` (its labels and stages) with placeholder weights; the fake engine never
+    reads them."""
+    import torch
+
+    from engine.registry.bundle import DEMO_INTENDED_USE, save_bundle
+
+    bundle = save_bundle(folder / f"{task.name}-model", id=f"{task.name}-model", name=f"{task.title} model",
+                         version="1.0.0", task=task.name, architecture={"name": "placeholder"}, plan={},
+                         labels=list(task.labels), stages=list(task.stage_names) if task.stage_names else None,
+                         modality=task.modality, training={"data": {"dataset": "phantoms", "cases": 4}},
+                         metrics={}, intended_use=DEMO_INTENDED_USE, weights={"network": {"w": torch.zeros(1)}},
+                         model_card=f"# {task.title}\n\nPlaceholder weights for the Slicer tests.\n")
+    return bundle.path
+
+
+@pytest.fixture
+def volume(headless):
+    """A small CT-like volume with a non-trivial geometry."""
+    node = headless.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Toy CT")
+    slicer.util.updateVolumeFromArray(node, np.full((8, 24, 24), 40, np.int16))
+    node.SetSpacing(2.0, 1.5, 4.0)
+    node.SetOrigin(-10.0, 5.0, 30.0)
+    return node
+
+
+def logic_for(task: Task, scene: Any) -> tuple[TaskLogic, FakeEngine]:
+    engine = FakeEngine(task)
+    return TaskLogic(task.name, scene=scene, launcher=engine), engine
+
+
+# ---------------------------------------------------------------------------------------- Segment & Stage
+
+def test_toy_run_shows_the_tasks_labels_and_stage_names(headless, volume, toy, tmp_path):
+    logic, engine = logic_for(toy, headless.scene)
+    seen = []
+    outcome = logic.process(volume, RunOptions(model=str(save_model(toy, tmp_path)), device="cpu"),
+                            on_progress=seen.append, poll_interval_s=0)
+    assert engine.commands[0][:3] == ["run", "--task", "toy"]
+    segmentation = outcome.nodes.segmentation.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [s.GetName() for s in segments] == [lab.name for lab in toy.labels] == ["lesion", "organ"]
+    for segment, label in zip(segments, toy.labels):
+        assert np.allclose(segment.GetColor(), [c / 255 for c in label.color])
+    lesion = slicer.util.arrayFromSegmentBinaryLabelmap(outcome.nodes.segmentation, "lesion", volume)
+    assert lesion[2:6, 4:10, 4:10].all() and lesion.sum() == 4 * 6 * 6
+    table = outcome.nodes.probability_table.GetTable()
+    stages = [table.GetValueByName(r, results.STAGE_COLUMN).ToString() for r in range(table.GetNumberOfRows())]
+    assert stages == list(toy.stage_names) == ["low", "high"]
+    assert outcome.predicted_stage == "high" and outcome.nodes.probability_chart is not None
+    volumes = outcome.nodes.volume_table.GetTable()
+    assert [volumes.GetValue(r, 0).ToString() for r in range(volumes.GetNumberOfRows())] == ["lesion", "organ"]
+    assert outcome.volumes_cm3["lesion"] == pytest.approx(4 * 6 * 6 * 2.0 * 1.5 * 4.0 / 1000)
+    assert [p.message for p in seen] == ["Segmenting", "Done: predicted high"]
+    assert outcome.nodes.segmentation.GetAttribute(results.OWNER_ATTRIBUTE) == logic.module_name == "toy"
+
+
+def test_a_task_without_stages_shows_no_probability_table(headless, volume, segmentation_only, tmp_path):
+    logic, _ = logic_for(segmentation_only, headless.scene)
+    model = str(save_model(segmentation_only, tmp_path))
+    seen = []
+    outcome = logic.process(volume, RunOptions(model=model), on_progress=seen.append, poll_interval_s=0)
+    assert outcome.nodes.probability_table is None and outcome.nodes.probability_chart is None
+    assert outcome.predicted_stage is None and outcome.stage_probabilities == {}
+    assert seen[-1].message == "Done"
+    assert {n.GetClassName() for n in outcome.nodes.nodes()} == {"vtkMRMLSegmentationNode", "vtkMRMLTableNode"}
+    found = logic.results_for(volume)  # e.g. after the panel is reopened
+    assert found.nodes.segmentation is outcome.nodes.segmentation and found.report == outcome.report
+    count = headless.scene.GetNumberOfNodes()
+    logic.process(volume, RunOptions(model=model), poll_interval_s=0)
+    assert headless.scene.GetNumberOfNodes() == count
+
+
+def test_cancel_stops_the_process_and_leaves_the_scene_as_it_was(headless, volume, toy, tmp_path):
+    logic, engine = logic_for(toy, headless.scene)
+    before = headless.snapshot()
+    job = logic.process(volume, RunOptions(model=str(save_model(toy, tmp_path))), wait=False)
+    assert logic.poll(job) is JobState.RUNNING
+    logic.cancel(job)
+    assert engine.runs[0].killed and logic.poll(job) is JobState.CANCELLED
+    assert headless.snapshot() == before and not job.work_dir.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [("device", "gpu", "Device must be one of auto, cpu, cuda"),
+                                                    ("tta", "mirror", "one of all, stage, none")])
+def test_options_are_checked_against_the_engines_choices(headless, volume, toy, tmp_path, option, value, message):
+    logic, engine = logic_for(toy, headless.scene)
+    with pytest.raises(TaskInputError, match=message):
+        logic.process(volume, RunOptions(model=str(save_model(toy, tmp_path)), **{option: value}))
+    assert engine.commands == []
+
+
+def test_a_model_of_another_task_is_refused(headless, volume, toy, segmentation_only, tmp_path):
+    logic, engine = logic_for(toy, headless.scene)
+    with pytest.raises(TaskInputError, match="for task 'toyseg', not 'toy'"):
+        logic.process(volume, RunOptions(model=str(save_model(segmentation_only, tmp_path))))
+    assert engine.commands == []
+
+
+def test_model_list_and_card_of_the_task(toy, segmentation_only, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONCOSTAGING_MODEL_DIR", str(tmp_path))
+    save_model(toy, tmp_path)
+    save_model(segmentation_only, tmp_path)
+    logic = TaskLogic("toy", scene=slicer.vtkMRMLScene())
+    cards = [c for c in logic.model_cards() if c.path.parent == tmp_path]
+    assert [c.id for c in cards] == ["toy-model"]
+    assert cards[0].training_data == "phantoms (4 cases)" and cards[0].is_demo and cards[0].ensemble_members == 1
+    assert logic.model_card_text(cards[0].path).startswith(f"# {toy.title}")
+
+
+# ---------------------------------------------------------------------------------------- training
+
+def test_training_runs_validate_then_train_with_the_tasks_options(toy, segmentation_only, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text("{}")
+    for task, validate in ((toy, ["--require-stages"]), (segmentation_only, [])):
+        logic, engine = logic_for(task, slicer.vtkMRMLScene())
+        out = tmp_path / f"{task.name}-out"
+        assert logic.train(TrainingRequest(dataset=tmp_path / "data", model_name="M", out_dir=out)) == out
+        assert engine.commands[0] == ["validate", str(tmp_path / "data"), *validate]
+        assert engine.commands[1][:3] == ["train", "--task", task.name]
+    assert "--learning-rate" in train_options_of(toy)  # the toy's own option, read from its declaration
+    logic = TaskLogic("toy", scene=slicer.vtkMRMLScene(), launcher=FakeEngine(toy))
+    assert not logic.can_fine_tune and TaskLogic("esophagus").can_fine_tune
+    with pytest.raises(TaskInputError, match="'toy' cannot fine-tune"):
+        logic.start_training(TrainingRequest(dataset=tmp_path / "data", model_name="t", out_dir=tmp_path / "t",
+                                             start_from=tmp_path))
+
+
+# ---------------------------------------------------------------------------------------- plug-in tasks
+
+def test_a_plugin_task_reaches_the_engine_process(tmp_path, monkeypatch):
+    """A task known only to this process is loaded from ``task_source`` and handed to the engine
+    process through ``$ONCOSTAGING_TASKS`` and ``PYTHONPATH``, next to the user's own entries."""
+    (tmp_path / "slicer_plugin_task.py").write_text(textwrap.dedent('''
+        from engine.tasks import Label, Task
+        TASK = Task(name="plugged", title="Plugged-in task", modality="MR",
+                    labels=(Label("mass", 1, (200, 30, 30)),))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(TASKS_ENV, "toy_task:TASK")
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "plugins"))
+    try:
+        logic = TaskLogic("plugged", scene=slicer.vtkMRMLScene(), task_source="slicer_plugin_task:TASK")
+        assert logic.task.modality == "MR" and logic.module_name == "plugged"
+        env = EngineJob(["tasks"], env=logic.child_env()).child_env()
+        assert env[TASKS_ENV].split(",") == ["toy_task:TASK", "slicer_plugin_task:TASK"]
+        assert str(tmp_path) in env["PYTHONPATH"].split(":") and str(REPO / "tests" / "plugins") in env["PYTHONPATH"]
+        code = "from engine.tasks import get_task; print(get_task('plugged').title, get_task('toy').title)"
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path.parent, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("Plugged-in task Toy lesion")
+    finally:
+        unregister_task("plugged")
+        sys.modules.pop("slicer_plugin_task", None)
+
+
+def test_the_real_engine_runs_the_toy_task_in_a_child_process(headless, toy, tmp_path, monkeypatch):
+    """Segment & Stage of the plug-in toy task end to end: a real child engine process finds it through
+    ``task_source``; its stage names reach the probability table."""
+    import toy_task
+
+    from engine.synth import generate_dataset
+
+    monkeypatch.delenv(TASKS_ENV, raising=False)
+    dataset = generate_dataset("toy", tmp_path / "data", cases=2, seed=3)
+    model = toy.train(tmp_path / "data", tmp_path / "model", steps=1, seed=0).path
+    ct = headless.load_volume(dataset.training[0].image_files[0], "Toy CT")
+    logic = TaskLogic("toy", scene=headless.scene, task_source=f"{toy_task.__name__}:TASK")
+    outcome = logic.process(ct, RunOptions(model=str(model), device="cpu", tta="none"))
+    table = outcome.nodes.probability_table.GetTable()
+    assert [table.GetValue(r, 1).ToString() for r in range(table.GetNumberOfRows())] == ["low", "high"]
+    assert outcome.predicted_stage in ("low", "high") and outcome.nodes.gradcam is not None
+
+
+# ---------------------------------------------------------------------------------------- no torch in Slicer
+
+LISTING = """
+import json, sys
+sys.path[:0] = {paths!r}
+from conftest import install_scripted_module_stand_in
+install_scripted_module_stand_in()
+from OncoStagingCommon.logic import TaskLogic
+{register}
+logic = TaskLogic({task!r})
+cards = logic.model_cards()
+card = logic.model_card_text(cards[0].path)
+print(json.dumps({{"cards": len(cards), "card": card[:2], "heavy": [m for m in ("torch", "monai") if m in sys.modules]}}))
+"""
+
+
+@pytest.mark.parametrize("task", ["toy", "esophagus"])
+def test_listing_models_and_reading_a_model_card_import_neither_torch_nor_monai(toy, task, tmp_path):
+    """The panel lists models and shows a model card in Slicer's own process: that must not load PyTorch
+    or MONAI (seconds of start-up, and they may not be installed yet)."""
+    import os
+
+    from engine.registry.paths import BUILTIN_DIR_ENV, MODEL_DIR_ENV
+
+    save_model(toy, tmp_path)
+    env = {**os.environ, MODEL_DIR_ENV: str(tmp_path), BUILTIN_DIR_ENV: str(REPO / "models")}  # the demo model
+    paths = [str(HERE), str(REPO / "OncoStagingCommon"), str(REPO / "tests" / "plugins"), str(REPO)]
+    register = "import toy_task; from engine.tasks import register_task; register_task(toy_task.TASK)" \
+        if task == "toy" else ""
+    out = subprocess.run([sys.executable, "-c", LISTING.format(paths=paths, register=register, task=task)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cards"] >= 1 and result["card"] == "# "
+    assert result["heavy"] == []
