@@ -234,7 +234,7 @@ def summarise(per_case: dict[str, dict[str, dict[str, dict[str, float]]]], organ
 
 def markdown(result: dict[str, Any]) -> str:
     """The results table; undefined numbers (an organ never found has no HD95, one case no SD) read "n/a"."""
-    from engine.metrics._common import format_number as num
+    from engine.metrics.common import format_number as num
 
     s, budget, methods = result["summary"], result["budget"], result["methods"]
     n_test, n_train = len(result["split"]["test"]), len(result["split"]["train"])
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """The whole comparison; None while a method is still untrained (see --methods, --time-limit)."""
     from engine.data.patches import TrainingCase
     from engine.inference.sliding_window import SlidingWindowPredictor
-    from engine.metrics._common import json_value
+    from engine.metrics.common import json_value
     from engine.models.nn_mtnet import NetworkSpec
     from engine.preprocessing.pipeline import Preprocessor
     from engine.utils.device import select_device
