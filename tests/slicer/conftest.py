@@ -29,7 +29,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 # they are reported as skipped with this reason instead of failing to import.
 
 def install_scripted_module_stand_in() -> None:
-    """``slicer.ScriptedLoadableModule`` without Qt: the base classes the Lib logic derives from."""
+    """``slicer.ScriptedLoadableModule`` without Qt: the base classes the logic and panel derive from,
+    with the members of Slicer's own that they use (module name, parameter node, resource path)."""
     if "slicer.ScriptedLoadableModule" in sys.modules:
         return
     stand_in = types.ModuleType("slicer.ScriptedLoadableModule")
@@ -37,6 +38,11 @@ def install_scripted_module_stand_in() -> None:
     class ScriptedLoadableModuleLogic:
         def __init__(self, parent=None):
             self.parent = parent
+            self.moduleName = type(self).__name__.removesuffix("Logic")
+
+        def getParameterNode(self):
+            return slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode") or \
+                slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", self.moduleName)
 
     class ScriptedLoadableModule:
         def __init__(self, parent=None):
@@ -45,6 +51,13 @@ def install_scripted_module_stand_in() -> None:
     class ScriptedLoadableModuleWidget:
         def __init__(self, parent=None):
             self.parent = parent
+            self.moduleName = type(self).__name__.removesuffix("Widget")
+
+        def setup(self):
+            pass
+
+        def resourcePath(self, filename):
+            return str(Path(sys.modules[type(self).__module__].__file__).parent / "Resources" / filename)
 
     class ScriptedLoadableModuleTest:
         pass
@@ -153,3 +166,40 @@ def trained(tmp_path_factory, phantoms):
                               extra_args=TINY_TRAIN_ARGS)
     bundle_dir = logic.train(request, wait=True, on_event=events.append)
     return SimpleNamespace(bundle_dir=bundle_dir, events=events, commands=launcher.commands, request=request)
+
+
+# ---------------------------------------------------------------------------------------- tasks beside the esophagus
+
+@pytest.fixture
+def toy():
+    """The plug-in example task of the test suite, registered for this test."""
+    import toy_task
+
+    from engine.tasks import register_task, unregister_task
+
+    register_task(toy_task.TASK, replace=True)
+    yield toy_task.TASK
+    unregister_task(toy_task.TASK.name)
+
+
+@pytest.fixture
+def segmentation_only(toy):
+    """A task that segments and does not stage (no stage names), declared here."""
+    from engine.tasks import Task, register_task, unregister_task
+
+    task = register_task(Task(name="toyseg", title="Toy segmentation without stages", modality="CT",
+                              labels=toy.labels, stage_names=None, tumour_label="lesion"), replace=True)
+    yield task
+    unregister_task(task.name)
+
+
+@pytest.fixture
+def volume(headless):
+    """A small CT-like volume with a non-trivial geometry."""
+    import numpy as np
+
+    node = headless.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Toy CT")
+    slicer.util.updateVolumeFromArray(node, np.full((8, 24, 24), 40, np.int16))
+    node.SetSpacing(2.0, 1.5, 4.0)
+    node.SetOrigin(-10.0, 5.0, 30.0)
+    return node

@@ -10,18 +10,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed; install the 'slicer' extra")
 
-import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 
-from engine.tasks import TASKS_ENV, Task, register_task, unregister_task  # noqa: E402
+from engine.tasks import TASKS_ENV, Task, unregister_task  # noqa: E402
 from OncoStagingCommon import results  # noqa: E402
 from OncoStagingCommon.logic import (  # noqa: E402
     RunOptions,
@@ -31,125 +30,10 @@ from OncoStagingCommon.logic import (  # noqa: E402
     train_options_of,
 )
 from OncoStagingCommon.process import EngineJob, JobState  # noqa: E402
+from fakes import FakeEngine, save_model  # noqa: E402  (tests/slicer is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-LESION, ORGAN = 1, 2
-
-
-# ---------------------------------------------------------------------------------------- a fake engine
-
-class FakeRun:
-    """One fake ``python -m engine`` command: running at the first poll, finished at the second."""
-
-    def __init__(self, engine: "FakeEngine", args: list[str]):
-        self.engine, self.args, self.pid = engine, args, None
-        self.polls, self.killed = 0, False
-        self.lines = ['@@progress {"kind": "step", "name": "segmentation", "fraction": 0.5}', "working"]
-
-    def poll(self) -> int | None:
-        if self.killed:
-            return -15
-        self.polls += 1
-        if self.polls < 2:
-            return None
-        if self.args[0] == "run":
-            self.engine.write_run(self.args)
-        return 0
-
-    def read_lines(self) -> list[str]:
-        lines, self.lines = self.lines, []
-        return lines
-
-    def kill_tree(self) -> None:
-        self.killed = True
-
-
-class FakeEngine:
-    """A launcher standing in for the engine: records each command and its environment; a ``run``
-    writes what the engine writes (label map on the input's grid, report.json) for ``task``."""
-
-    def __init__(self, task: Task):
-        self.task = task
-        self.commands: list[list[str]] = []
-        self.envs: list[dict[str, str]] = []
-        self.runs: list[FakeRun] = []
-
-    def __call__(self, argv: Sequence[str], env: dict[str, str]) -> FakeRun:
-        assert list(argv[1:3]) == ["-m", "engine"]
-        self.commands.append(list(argv[3:]))
-        self.envs.append(dict(env))
-        self.runs.append(FakeRun(self, list(argv[3:])))
-        return self.runs[-1]
-
-    def write_run(self, args: list[str]) -> None:
-        option = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
-        out = Path(option["--out"])
-        out.mkdir(parents=True, exist_ok=True)
-        image = sitk.ReadImage(option["--input"])
-        labels = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
-        labels[2:6, 4:10, 4:10] = LESION
-        labels[2:6, 12:20, 4:12] = ORGAN
-        label_image = sitk.GetImageFromArray(labels)
-        label_image.CopyInformation(image)
-        sitk.WriteImage(label_image, str(out / results.SEGMENTATION_FILE))
-        voxel_cm3 = float(np.prod(image.GetSpacing())) / 1000.0
-        report: dict[str, Any] = {"task": self.task.name, "model": {"intended_use": "tests"}, "warnings": [],
-                                  "volumes_cm3": {lab.name: float((labels == lab.value).sum()) * voxel_cm3
-                                                  for lab in self.task.labels}}
-        if self.task.stage_names:
-            probabilities = np.linspace(1.0, 2.0, len(self.task.stage_names))
-            probabilities /= probabilities.sum()
-            report["stage_probabilities"] = dict(zip(self.task.stage_names, probabilities.tolist()))
-            report["predicted_stage"] = self.task.stage_names[-1]
-        (out / results.REPORT_FILE).write_text(json.dumps(report))
-
-
-# ---------------------------------------------------------------------------------------- tasks and models
-
-@pytest.fixture
-def toy():
-    """The plug-in example task of the test suite, registered for this test."""
-    import toy_task
-
-    register_task(toy_task.TASK, replace=True)
-    yield toy_task.TASK
-    unregister_task(toy_task.TASK.name)
-
-
-@pytest.fixture
-def segmentation_only(toy):
-    """A task that segments and does not stage (no stage names), declared here."""
-    task = register_task(Task(name="toyseg", title="Toy segmentation without stages", modality="CT",
-                              labels=toy.labels, stage_names=None, tumour_label="lesion"), replace=True)
-    yield task
-    unregister_task(task.name)
-
-
-def save_model(task: Task, folder: Path) -> Path:
-    """A valid bundle of ``task`` (its labels and stages) with placeholder weights; the fake engine never
-    reads them."""
-    import torch
-
-    from engine.registry.bundle import DEMO_INTENDED_USE, save_bundle
-
-    bundle = save_bundle(folder / f"{task.name}-model", id=f"{task.name}-model", name=f"{task.title} model",
-                         version="1.0.0", task=task.name, architecture={"name": "placeholder"}, plan={},
-                         labels=list(task.labels), stages=list(task.stage_names) if task.stage_names else None,
-                         modality=task.modality, training={"data": {"dataset": "phantoms", "cases": 4}},
-                         metrics={}, intended_use=DEMO_INTENDED_USE, weights={"network": {"w": torch.zeros(1)}},
-                         model_card=f"# {task.title}\n\nPlaceholder weights for the Slicer tests.\n")
-    return bundle.path
-
-
-@pytest.fixture
-def volume(headless):
-    """A small CT-like volume with a non-trivial geometry."""
-    node = headless.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Toy CT")
-    slicer.util.updateVolumeFromArray(node, np.full((8, 24, 24), 40, np.int16))
-    node.SetSpacing(2.0, 1.5, 4.0)
-    node.SetOrigin(-10.0, 5.0, 30.0)
-    return node
 
 
 def logic_for(task: Task, scene: Any) -> tuple[TaskLogic, FakeEngine]:
@@ -314,7 +198,8 @@ from OncoStagingCommon.logic import TaskLogic
 logic = TaskLogic({task!r})
 cards = logic.model_cards()
 card = logic.model_card_text(cards[0].path)
-print(json.dumps({{"cards": len(cards), "card": card[:2], "heavy": [m for m in ("torch", "monai") if m in sys.modules]}}))
+heavy = [m for m in ("torch", "monai") if m in sys.modules]
+print(json.dumps({{"cards": len(cards), "card": card[:2], "heavy": heavy}}))
 """
 
 
