@@ -171,7 +171,8 @@ def segment_case(task: "Task", source: str | Path | Image, out_dir: str | Path,
     if check_input is not None:
         check_input(image)
     predictor = load_predictor()
-    prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel, **predict_options)
+    prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel,
+                                   **predict_options)
     bundle = predictor.bundle
     content = (report(prediction, bundle, image, name) if report is not None
                else build_report(task.name, prediction, bundle, image, name))

@@ -18,7 +18,8 @@ from engine.pipelines.training_run import command_line
 from engine.registry import ModelBundle, save_bundle
 from engine.tasks.esophagus import TASK
 from engine.tasks.esophagus.model_card import ensemble_model_card
-from engine.tasks.esophagus.options import CLASSIFIER, CLASSIFIER_MEMBERS, FULLRES, LOWRES, classifier_weight_names
+from engine.tasks.esophagus.options import (CLASSIFIER, CLASSIFIER_MEMBERS, FULLRES, LOWRES,
+                                            classifier_weight_names)
 
 
 def member_records(bundle: ModelBundle) -> list[dict[str, Any]]:

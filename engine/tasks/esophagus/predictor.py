@@ -22,7 +22,8 @@ from engine.io.image import Image
 from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, SegmentationNet
 from engine.pipelines.case import Prediction, StepTimer
 from engine.planning.planner import Plan
-from engine.preprocessing.pipeline import PreprocessedCase, Preprocessor, PreprocessRecord, preprocess_configurations
+from engine.preprocessing.pipeline import (PreprocessedCase, Preprocessor, PreprocessRecord,
+                                          preprocess_configurations)
 from engine.registry import ModelBundle
 from engine.tasks.base import CancelFn, ProgressFn, check_tta
 from engine.tasks.esophagus import ORGAN_OF_ORIGIN, STAGES, TASK, TUMOUR
@@ -34,8 +35,8 @@ from engine.utils.device import describe_device, select_device
 INFERENCE_STEPS = ("preprocess", "segmentation_lowres", "segmentation_fullres", "postprocess", "krt",
                    "classification", "gradcam", "restore")
 #: The order of this task's fields in ``report.json``.
-REPORT_ORDER = ("stage_probabilities", "member_stage_probabilities", "predicted_stage", "volumes_cm3", "krt_box",
-                "warnings", "timings_s", "device", "test_time_augmentation")
+REPORT_ORDER = ("stage_probabilities", "member_stage_probabilities", "predicted_stage", "volumes_cm3",
+                "krt_box", "warnings", "timings_s", "device", "test_time_augmentation")
 
 
 @dataclass
@@ -178,21 +179,23 @@ class EsophagusPredictor:
             pred = probs.argmax(0).numpy().astype(np.uint8)
         with timer.step("postprocess"):
             pred = keep_largest_object(pred, plan.labels)
-        return Segmented(full, seg_input, pred, window_full.device, window_low.warnings + window_full.warnings)
+        warnings = window_low.warnings + window_full.warnings
+        return Segmented(full, seg_input, pred, window_full.device, warnings)
 
     def _krt_crop(self, seg: Segmented, timer: StepTimer) -> tuple[KrtBox, torch.Tensor]:
         """The classifier's crop: the KRT box around the tumour (or the whole volume without KRT)."""
-        labels, pred = self.plan.labels, seg.labels
+        plan, pred, seg_input = self.plan, seg.labels, seg.seg_input
         with timer.step("krt"):
             if self.use_krt:
-                box = krt_box(pred, self.plan.krt_box_size or self.plan.configuration("3d_fullres").patch_size,
-                              labels[TUMOUR], labels.get(ORGAN_OF_ORIGIN))
+                size = plan.krt_box_size or plan.configuration("3d_fullres").patch_size
+                box = krt_box(pred, size, plan.labels[TUMOUR], plan.labels.get(ORGAN_OF_ORIGIN))
             else:
-                box = box_around([(n - 1) / 2 for n in pred.shape], self.whole_size or list(pred.shape), "volume")
+                size = self.whole_size or list(pred.shape)
+                box = box_around([(n - 1) / 2 for n in pred.shape], size, "volume")
             if box.source != "tumour" and self.use_krt:
-                seg.warnings.append("No tumour (EC) was found in the segmentation; the staging crop was centred on "
-                                    f"the {box.source} instead, so the T-stage is unreliable.")
-            crop = torch.from_numpy(crop_box(seg.seg_input, box, pad_value=outside_values(seg.seg_input)))[None]
+                seg.warnings.append("No tumour (EC) was found in the segmentation; the staging crop was "
+                                    f"centred on the {box.source} instead, so the T-stage is unreliable.")
+            crop = torch.from_numpy(crop_box(seg_input, box, pad_value=outside_values(seg_input)))[None]
         return box, crop
 
     def _classify(self, crop: torch.Tensor, device: torch.device, tta: str, timer: StepTimer) -> np.ndarray:
@@ -220,7 +223,8 @@ class EsophagusPredictor:
             if cam_grid is not None:
                 cam = np.clip(Preprocessor.restore_map(cam_grid, record), 0.0, 1.0)
                 peak = float(cam.max())
-                cam_image = Preprocessor.to_image((cam / peak if peak > 0 else cam).astype(np.float32), record)
+                cam = (cam / peak if peak > 0 else cam).astype(np.float32)
+                cam_image = Preprocessor.to_image(cam, record)
         return restored, label_image, cam_image
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,

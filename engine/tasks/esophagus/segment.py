@@ -19,17 +19,18 @@ from engine.tasks.esophagus.options import classifier_weight_names
 from engine.tasks.esophagus.predictor import EsophagusPredictor, check_ct_intensities
 
 
-def build_report(prediction: case.Prediction, bundle: ModelBundle, image: Image, source: str) -> dict[str, Any]:
+def build_report(prediction: case.Prediction, bundle: ModelBundle, image: Image,
+                 source: str) -> dict[str, Any]:
     """The content of ``report.json`` for one CT."""
     return case.build_report(TASK.name, prediction, bundle, image, source,
                              model_fields={"stage_classifiers": len(classifier_weight_names(bundle))})
 
 
 def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
-                      model: str | Path | ModelBundle | EsophagusPredictor | None = None, device: str = "auto",
-                      gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
-                      cancel: CancelFn | None = None, series_uid: str | None = None,
-                      tta: str = "all") -> case.RunResult:
+                      model: str | Path | ModelBundle | EsophagusPredictor | None = None,
+                      device: str = "auto", gradcam: bool = True, overwrite: bool = False,
+                      progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                      series_uid: str | None = None, tta: str = "all") -> case.RunResult:
     """Segment & Stage one CT and write every result file into ``out_dir``, all or nothing.
 
     Everything is checked before anything is written: the output folder, the input image (CT in HU,

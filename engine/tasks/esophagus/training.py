@@ -26,9 +26,9 @@ from engine.inference.sliding_window import SlidingWindowPredictor
 from engine.losses import DeepSupervisionLoss, segmentation_loss, stage_focal_loss
 from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, SegmentationNet
 from engine.pipelines.case import load_model
-from engine.pipelines.training_run import (CANCELLED_MESSAGE, PhaseTaggedCallbacks, check_cancel, check_resume,
-                                           command_line, epoch_metrics, final_metrics, record_run, run_record,
-                                           work_dir)
+from engine.pipelines.training_run import (CANCELLED_MESSAGE, PhaseTaggedCallbacks, check_cancel,
+                                           check_resume, command_line, epoch_metrics, final_metrics,
+                                           record_run, run_record, work_dir)
 from engine.planning.planner import Plan
 from engine.preprocessing.pipeline import Preprocessor, preprocess_configurations
 from engine.registry import ModelBundle, save_bundle
@@ -177,8 +177,8 @@ class EsophagusTraining:
             check_cancel(self.cancel)
             image, label = case.load_image(), case.load_label()
             full, low = preprocess_configurations((pre_full, pre_low), image, label)
-            self.prepared.append(PreparedCase(case.case_id, stage_index(case.stage, self.stage_names, case.case_id),
-                                              full, low))
+            stage = stage_index(case.stage, self.stage_names, case.case_id)
+            self.prepared.append(PreparedCase(case.case_id, stage, full, low))
 
     def network_specs(self) -> tuple[NetworkSpec, NetworkSpec]:
         if self.source is not None:
@@ -199,7 +199,8 @@ class EsophagusTraining:
         val = ValidationCases([c.image for c in vcases], [c.label for c in vcases]) if vcases else None
         window = SlidingWindowPredictor(patch, self.device, overlap=0.5, sw_batch_size=2)
         class_names = [self.plan.label_names[i] for i in range(1, self.num_classes)]
-        task = SegmentationTask(self.loss, self.num_classes, lambda model, image: window(model, image), class_names)
+        task = SegmentationTask(self.loss, self.num_classes, lambda model, image: window(model, image),
+                                class_names)
         cfg = trainer_config(options, self.work / phase, epochs, batch, options.lr,
                              "val_dice" if val else "train_loss", "max" if val else "min", options.steps_per_epoch)
         result = Trainer(net, task, data, val, cfg, callbacks=[PhaseTaggedCallbacks(phase, self.callbacks)],
@@ -229,11 +230,13 @@ class EsophagusTraining:
             log.info("Segmentation networks start from model '%s' %s (epochs: low-res %d, full-res %d).",
                      self.source.id, self.source.version, options.lowres_epochs, options.fullres_epochs)
         low_net = SegmentationNet(spec_low)
-        low = [[TrainingCase(c.case_id, c.low.image, c.low.label, c.stage) for c in cases]
-               for cases in (train_cases, val_cases)]
+
+        def low(cases: list[PreparedCase]) -> list[TrainingCase]:
+            return [TrainingCase(c.case_id, c.low.image, c.low.label, c.stage) for c in cases]
+
         self.start_or_fit("lowres", low_net, LOWRES, options.lowres_epochs, lambda: self.fit_segmentation(
-            "lowres", low_net, *low, cfg_low.patch_size, options.batch_size or cfg_low.batch_size,
-            options.lowres_epochs))
+            "lowres", low_net, low(train_cases), low(val_cases), cfg_low.patch_size,
+            options.batch_size or cfg_low.batch_size, options.lowres_epochs))
         low_net.eval()
         # nnU-Net feeds the full-resolution stage with cross-validated low-resolution predictions; here the
         # one low-resolution network predicts every case (training cases included), which is cheaper but a
@@ -244,11 +247,13 @@ class EsophagusTraining:
         self.add_priors(low_net, self.prepared if fullres_trains else train_cases, SlidingWindowPredictor(
             cfg_low.patch_size, self.device))
         full_net = SegmentationNet(spec_full)
-        full = [[TrainingCase(c.case_id, fullres_input(c), c.full.label, c.stage) for c in cases]
-                for cases in (train_cases, val_cases)]
+
+        def full(cases: list[PreparedCase]) -> list[TrainingCase]:  # needs the priors: built only to train
+            return [TrainingCase(c.case_id, fullres_input(c), c.full.label, c.stage) for c in cases]
+
         self.start_or_fit("fullres", full_net, FULLRES, options.fullres_epochs, lambda: self.fit_segmentation(
-            "fullres", full_net, *full, cfg_full.patch_size, options.batch_size or cfg_full.batch_size,
-            options.fullres_epochs))
+            "fullres", full_net, full(train_cases), full(val_cases), cfg_full.patch_size,
+            options.batch_size or cfg_full.batch_size, options.fullres_epochs))
         full_net.eval()
         return low_net, full_net
 
@@ -326,10 +331,10 @@ class EsophagusTraining:
         whole = None if self.options.uses_krt else whole_volume_size(self.prepared, spec_full.total_stride)
         net, cls_options = self.classifier_phase(spec_full, full_net, boxes, whole)
         options = self.options
-        return {"architecture": {"name": ARCHITECTURE, "lowres": spec_low.to_dict(), "fullres": spec_full.to_dict(),
-                                 "classifier": asdict(cls_options), "krt": options.uses_krt,
-                                 "direct_3d": options.direct_3d, "whole_volume_size": whole,
-                                 "variant": options.variant},
+        return {"architecture": {"name": ARCHITECTURE, "lowres": spec_low.to_dict(),
+                                 "fullres": spec_full.to_dict(), "classifier": asdict(cls_options),
+                                 "krt": options.uses_krt, "direct_3d": options.direct_3d,
+                                 "whole_volume_size": whole, "variant": options.variant},
                 "weights": {LOWRES: low_net.state_dict(), FULLRES: net.segmentation.state_dict(),
                             CLASSIFIER: net.classifier.state_dict()}}
 
@@ -382,7 +387,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: TrainOptions | None
         architecture=made["architecture"], plan=run.plan.to_dict(),
         labels=TASK.styled_labels(run.plan.labels), stages=run.stage_names,
         modality=TASK.modality, training=training, metrics=run.metrics, intended_use=options.intended_use,
-        weights=made["weights"], model_card=model_card(options, ds.description.name, run.metrics, len(run.prepared)),
-        overwrite=overwrite)
+        weights=made["weights"], overwrite=overwrite,
+        model_card=model_card(options, ds.description.name, run.metrics, len(run.prepared)))
     shutil.rmtree(work, ignore_errors=True)
     return bundle

@@ -1,1 +1,0 @@
-"""The EsophagusStaging logic under its module name (the work is in :mod:`OncoStagingCommon.logic`)."""
