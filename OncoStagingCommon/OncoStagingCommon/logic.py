@@ -247,16 +247,11 @@ def engine_run_args(task: Task, source: Path, run_dir: Path, model_path: Path, o
             *([] if options.gradcam else ["--no-gradcam"])]
 
 
-def training_work_dir(out_dir: str | Path) -> Path:
-    """Where a training into ``out_dir`` keeps its checkpoints until the bundle is written: a hidden
-    sibling folder (the engine's rule; the model list skips hidden folders)."""
-    out = Path(out_dir)
-    return out.parent / f".{out.name}.work"
-
-
 def interrupted_training(out_dir: str | Path) -> bool:
     """Whether a stopped training into ``out_dir`` left checkpoints that ``resume`` can continue."""
-    return not Path(out_dir).exists() and training_work_dir(out_dir).is_dir()
+    from engine.pipelines.training_run import work_dir
+
+    return not Path(out_dir).exists() and work_dir(out_dir).is_dir()
 
 
 def task_search_path(source: str) -> str | None:

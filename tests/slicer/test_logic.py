@@ -368,11 +368,3 @@ def test_model_card_says_how_many_classifiers_the_staging_averages(logic, tmp_pa
     ensemble = bundle({"name": "nn-MTNet", "classifier_members": members})
     assert logic._card(ensemble).ensemble_members == 3
 
-
-def test_the_modules_console_names_are_the_shared_logic_for_the_esophagus(headless):
-    """``EsophagusStagingLib.logic`` keeps the names scripts use: the shared logic bound to its task."""
-    from EsophagusStagingLib.logic import EsophagusStagingLogic, StagingInputError, StagingOptions
-
-    logic = EsophagusStagingLogic(scene=headless.scene)
-    assert isinstance(logic, TaskLogic) and logic.task.name == TASK and logic.module_name == MODULE_NAME
-    assert StagingOptions is RunOptions and StagingInputError is TaskInputError
