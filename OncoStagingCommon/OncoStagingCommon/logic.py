@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -32,7 +33,14 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from engine.tasks import DEVICE_CHOICES, TASKS_ENV, TTA_MODES, Task, get_task, register_task
 from engine.tasks.registry import UnknownTaskError
 from OncoStagingCommon import results
-from OncoStagingCommon.process import EngineJob, JobState, Launcher, default_python, subprocess_launcher
+from OncoStagingCommon.process import (
+    EngineJob,
+    JobState,
+    Launcher,
+    RunningProcess,
+    default_python,
+    subprocess_launcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,17 @@ STEP_TEXT = {"preprocess": "Preprocessing", "segmentation": "Segmenting",
 FINE_TUNE_OPTION = "--segmentation-from"
 FINE_TUNE_EPOCH_OPTIONS = ("--lowres-epochs", "--fullres-epochs")
 POLL_INTERVAL_S = 0.1
+#: Run by the engine's Python: what PyTorch finds, as one JSON line; PyTorch stays out of Slicer's process.
+DEVICE_PROBE = """import json
+try:
+    import torch
+except ImportError:
+    print(json.dumps(None))
+else:
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else ""
+    print(json.dumps({"cuda": cuda, "gpu": gpu, "torch": torch.__version__}))
+"""
 
 
 class TaskInputError(ValueError):
@@ -117,6 +136,19 @@ class ModelCard:
 class DeviceInfo:
     cuda_available: bool
     description: str
+
+    @classmethod
+    def from_probe(cls, lines: list[str]) -> DeviceInfo:
+        """What :data:`DEVICE_PROBE` printed, in words for the device selector."""
+        try:
+            found = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            return cls(False, "Could not ask PyTorch for devices: " + (" ".join(lines[-3:]) or "no answer"))
+        if found is None:
+            return cls(False, "PyTorch is not installed")
+        if found["cuda"]:
+            return cls(True, f"GPU: {found['gpu']}")
+        return cls(False, f"CPU only (PyTorch {found['torch']}, no CUDA GPU found)")
 
 
 @dataclass
@@ -368,16 +400,20 @@ class TaskLogic(ScriptedLoadableModuleLogic):
                          metrics=dict(bundle.metrics or {}),
                          ensemble_members=len(self.task.ensemble_members(bundle)))
 
-    @staticmethod
-    def detect_devices() -> DeviceInfo:
-        """Whether a CUDA GPU is usable, in words for the device selector (imports PyTorch)."""
-        try:
-            import torch
-        except ImportError:
-            return DeviceInfo(False, "PyTorch is not installed")
-        if torch.cuda.is_available():
-            return DeviceInfo(True, f"GPU: {torch.cuda.get_device_name(0)}")
-        return DeviceInfo(False, f"CPU only (PyTorch {torch.__version__}, no CUDA GPU found)")
+    def start_device_probe(self) -> RunningProcess:
+        """Ask the engine's Python which devices PyTorch can use; poll the process, then
+        :meth:`DeviceInfo.from_probe` its output. Importing PyTorch takes seconds: not in Slicer's process."""
+        return self.launcher([self.python, "-c", DEVICE_PROBE], self.child_env() or dict(os.environ))
+
+    def detect_devices(self, timeout_s: float = 120.0) -> DeviceInfo:
+        """Whether a CUDA GPU is usable, in words (blocks until the probe answers)."""
+        probe, lines = self.start_device_probe(), []
+        deadline = time.monotonic() + timeout_s
+        while probe.poll() is None and time.monotonic() < deadline:
+            lines += probe.read_lines()
+            time.sleep(POLL_INTERVAL_S)
+        probe.kill_tree()
+        return DeviceInfo.from_probe(lines + probe.read_lines())
 
     # ------------------------------------------------------------------ checks
 

@@ -8,7 +8,6 @@ chart button) are hidden for a task without stages.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Annotated, Any
 
@@ -21,6 +20,7 @@ from slicer.util import VTKObservationMixin
 from engine.tasks import DEVICE_CHOICES
 from OncoStagingCommon import dependencies, results
 from OncoStagingCommon.logic import (
+    DeviceInfo,
     RunOptions,
     TaskInputError,
     TaskLogic,
@@ -106,6 +106,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._trainingJob = None
+        self._deviceProbe = None
+        self._deviceProbeLines = []
         self._cards = []
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -153,9 +155,9 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.refreshModels()
-        torch_found = importlib.util.find_spec("torch") is not None
-        self.ui.deviceInfoLabel.text = self.logic.detect_devices().description if torch_found else \
-            "PyTorch not installed yet"
+        self.ui.deviceInfoLabel.text = "Looking for a GPU…"
+        self._deviceProbe = self.logic.start_device_probe()
+        self._timer.start()
         self.initializeParameterNode()
         self.updateButtons()
 
@@ -166,6 +168,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel(self._job)
         if self._trainingJob is not None:
             self.logic.stop_training(self._trainingJob)
+        if self._deviceProbe is not None:
+            self._deviceProbe.kill_tree()
 
     def enter(self):
         self.initializeParameterNode()
@@ -312,8 +316,17 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
         if self._trainingJob is not None:
             self.pollTraining()
-        if self._job is None and self._trainingJob is None:
+        if self._deviceProbe is not None:
+            self.pollDeviceProbe()
+        if self._job is None and self._trainingJob is None and self._deviceProbe is None:
             self._timer.stop()
+
+    def pollDeviceProbe(self):
+        finished = self._deviceProbe.poll() is not None
+        self._deviceProbeLines += self._deviceProbe.read_lines()
+        if finished:
+            self.ui.deviceInfoLabel.text = DeviceInfo.from_probe(self._deviceProbeLines).description
+            self._deviceProbe, self._deviceProbeLines = None, []
 
     def currentOutcome(self):
         volume = self.ui.inputVolumeSelector.currentNode()

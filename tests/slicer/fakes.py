@@ -16,13 +16,20 @@ from OncoStagingCommon import results
 LESION, ORGAN = 1, 2
 
 
-class FakeRun:
-    """One fake ``python -m engine`` command: running at the first poll, finished at the second."""
+#: What the fake engine's Python answers to the logic's device probe.
+PROBE_ANSWER = {"cuda": False, "gpu": "", "torch": "2.0"}
 
-    def __init__(self, engine: "FakeEngine", args: list[str]):
+
+class FakeRun:
+    """One fake ``python -m engine`` command (or the device probe): running at the first poll,
+    finished at the second."""
+
+    def __init__(self, engine: FakeEngine, args: list[str]):
         self.engine, self.args, self.pid = engine, args, None
         self.polls, self.killed = 0, False
         self.lines = ['@@progress {"kind": "step", "name": "segmentation", "fraction": 0.5}', "working"]
+        if args == ["-c"]:
+            self.lines = [json.dumps(PROBE_ANSWER)]
 
     def poll(self) -> int | None:
         if self.killed:
@@ -51,8 +58,12 @@ class FakeEngine:
         self.commands: list[list[str]] = []
         self.envs: list[dict[str, str]] = []
         self.runs: list[FakeRun] = []
+        self.probes: list[FakeRun] = []
 
     def __call__(self, argv: Sequence[str], env: dict[str, str]) -> FakeRun:
+        if argv[1] == "-c":  # the device probe
+            self.probes.append(FakeRun(self, ["-c"]))
+            return self.probes[-1]
         assert list(argv[1:3]) == ["-m", "engine"]
         self.commands.append(list(argv[3:]))
         self.envs.append(dict(env))

@@ -6,6 +6,7 @@ process that finds the plug-in through ``$ONCOSTAGING_TASKS``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -157,7 +158,7 @@ def test_a_plugin_task_reaches_the_engine_process(tmp_path, monkeypatch):
         assert logic.task.modality == "MR" and logic.module_name == "plugged"
         env = EngineJob(["tasks"], env=logic.child_env()).child_env()
         assert env[TASKS_ENV].split(",") == ["toy_task:TASK", "slicer_plugin_task:TASK"]
-        assert str(tmp_path) in env["PYTHONPATH"].split(":") and str(REPO / "tests" / "plugins") in env["PYTHONPATH"]
+        assert {str(tmp_path), str(REPO / "tests" / "plugins")} <= set(env["PYTHONPATH"].split(os.pathsep))
         code = "from engine.tasks import get_task; print(get_task('plugged').title, get_task('toy').title)"
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path.parent, capture_output=True,
                              text=True, timeout=120)
@@ -207,8 +208,6 @@ print(json.dumps({{"cards": len(cards), "card": card[:2], "heavy": heavy}}))
 def test_listing_models_and_reading_a_model_card_import_neither_torch_nor_monai(toy, task, tmp_path):
     """The panel lists models and shows a model card in Slicer's own process: that must not load PyTorch
     or MONAI (seconds of start-up, and they may not be installed yet)."""
-    import os
-
     from engine.registry.paths import BUILTIN_DIR_ENV, MODEL_DIR_ENV
 
     save_model(toy, tmp_path)
@@ -222,3 +221,15 @@ def test_listing_models_and_reading_a_model_card_import_neither_torch_nor_monai(
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["cards"] >= 1 and result["card"] == "# "
     assert result["heavy"] == []
+
+
+def test_devices_are_found_by_the_engines_python_not_in_slicers(toy):
+    """The device selector's line comes from a child Python (the one that will run the engine)."""
+    from OncoStagingCommon.logic import DeviceInfo
+
+    info = TaskLogic("toy", scene=slicer.vtkMRMLScene()).detect_devices()
+    assert info.description.startswith(("CPU only (PyTorch", "GPU: "))
+    assert "torch" not in sys.modules or info.cuda_available == __import__("torch").cuda.is_available()
+    assert DeviceInfo.from_probe(["null"]).description == "PyTorch is not installed"
+    assert DeviceInfo.from_probe(['{"cuda": true, "gpu": "H200", "torch": "2.6"}']) == DeviceInfo(True, "GPU: H200")
+    assert DeviceInfo.from_probe(["Traceback", "ImportError: x"]).description.startswith("Could not ask PyTorch")

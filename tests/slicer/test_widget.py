@@ -20,6 +20,7 @@ import slicer.util  # noqa: E402
 
 from engine.tasks import DEVICE_CHOICES  # noqa: E402
 from fakes import FakeEngine, save_model  # noqa: E402
+from OncoStagingCommon.logic import TaskLogic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 UI = REPO / "EsophagusStaging" / "Resources" / "UI" / "EsophagusStaging.ui"
@@ -87,6 +88,7 @@ def panel_of(headless, monkeypatch):
                         ("resetSliceViews", lambda: None)):
         monkeypatch.setattr(slicer.util, name, value)
     monkeypatch.setattr(slicer.modules, "plots", SimpleNamespace(logic=lambda: mock.MagicMock()), raising=False)
+    monkeypatch.setattr(TaskLogic, "start_device_probe", lambda self: FakeEngine(self.task)([self.python, "-c"], {}))
     names = {w.get("name") for w in ET.parse(UI).getroot().iter("widget")}
     built = []
 
@@ -174,3 +176,11 @@ def test_training_panel_validates_then_trains(panel_of, toy, tmp_path):
     assert errors == [] and [c[0] for c in engine.commands] == ["validate", "train"]
     assert engine.commands[1][engine.commands[1].index("--model-id") + 1] == "toy-2"
     assert ui.trainingStatusLabel.text == f"Model written to {tmp_path / 'models' / 'toy-2'}"
+
+
+def test_the_device_line_comes_from_the_probe_process(panel_of, toy):
+    widget, ui, _ = panel_of(toy_panel("toy"))
+    assert ui.deviceInfoLabel.text == "Looking for a GPU…"
+    while widget._deviceProbe is not None:
+        widget.onPoll()
+    assert ui.deviceInfoLabel.text == "CPU only (PyTorch 2.0, no CUDA GPU found)"
