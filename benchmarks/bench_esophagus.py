@@ -504,7 +504,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from engine.cli import TTA_CHOICES  # run's --tta levels (engine.cli imports no torch/MONAI)
+    from engine.tasks.base import TTA_MODES  # run's --tta levels (imports no torch/MONAI)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -526,7 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from-file", action="store_true",
                    help="time segment_and_stage(path, ..., bundle) including reading the NIfTI and loading "
                         "the bundle, instead of the in-memory image with a loaded model")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="stage",
+    p.add_argument("--tta", choices=TTA_MODES, default="stage",
                    help="ours' test-time augmentation (run --tta); 'stage' leaves the segmentation unmirrored, "
                         "like the baseline, and mirrors only the small stage-classifier crop; 'all' is run's "
                         "default")

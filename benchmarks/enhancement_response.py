@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="true stages to score (default T1 T2)")
     p.add_argument("--seed", type=int, default=7000, help="dataset seed of the phantoms (default 7000)")
     p.add_argument("--cases", type=int, default=40, help="phantoms generated per scale (default 40)")
-    p.add_argument("--tta", choices=tumour_errors.TTA_CHOICES, default="all", help="as for engine run")
+    p.add_argument("--tta", choices=tumour_errors.TTA_MODES, default="all", help="as for engine run")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--sigma-mm", type=float, default=2.0, help="smoothing of the intensity bound (default 2)")
     args = p.parse_args(argv)

@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the engi
 import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from engine.cli import TTA_CHOICES  # noqa: E402
+from engine.tasks.base import TTA_MODES  # noqa: E402
 
 log = logging.getLogger("tumour_errors")
 
@@ -166,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="EsophagusStaging bundle folder/zip or installed id")
     p.add_argument("--no-model", action="store_true", help="only the located-intensity bound, no predictions")
     p.add_argument("--cases", help="text file of case ids to use (whitespace-separated; default: all)")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="all", help="as for engine run")
+    p.add_argument("--tta", choices=TTA_MODES, default="all", help="as for engine run")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--sigma-mm", type=float, nargs="+", default=[0.0, 2.0, 4.0],
                    help="smoothing widths of the intensity bound (0: raw voxels)")

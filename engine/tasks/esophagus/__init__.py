@@ -8,9 +8,15 @@ imports no network library, so listing tasks and models stays light.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from engine.tasks.base import Label, PlanDefaults, Task, anatomy, check_tta, neoplasm
+from engine.tasks.base import CancelFn, Label, PlanDefaults, ProgressFn, Task, anatomy, check_tta, neoplasm
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from engine.pipelines.case import RunResult
+    from engine.registry import ModelBundle
+    from engine.tasks.esophagus.predictor import EsophagusPredictor
 
 STAGES = ("T1", "T2", "T3", "T4")
 TUMOUR, ORGAN_OF_ORIGIN = "EC", "esophagus"
@@ -40,14 +46,15 @@ class EsophagusTask(Task):
             return {"options": train_options(args)}
         return {}
 
-    def train(self, dataset, out_dir, *, plan=None, callbacks=(), overwrite=False, command=None, resume=False,
-              **options):
+    def train(self, dataset: str | Path, out_dir: str | Path, *, plan: Any = None,
+              callbacks: Sequence[Any] = (), overwrite: bool = False, command: str | None = None,
+              resume: bool = False, **options: Any) -> ModelBundle:
         from engine.tasks.esophagus.training import train
 
         return train(dataset, out_dir, options.get("options"), plan=plan, callbacks=list(callbacks),
                      cancel=options.get("cancel"), overwrite=overwrite, command=command, resume=resume)
 
-    def load_predictor(self, model=None, device="auto"):
+    def load_predictor(self, model: Any = None, device: str = "auto") -> EsophagusPredictor:
         from engine.pipelines.case import load_model
         from engine.tasks.esophagus.predictor import EsophagusPredictor
 
@@ -55,30 +62,34 @@ class EsophagusTask(Task):
             return model
         return EsophagusPredictor(load_model(self.name, model), device)
 
-    def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False, progress=None,
-                cancel=None, series_uid=None, tta="all", **options):
+    def segment(self, source: Any, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+                gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, series_uid: str | None = None, tta: str = "all",
+                **options: Any) -> RunResult:
         from engine.tasks.esophagus.segment import segment_and_stage
 
         return segment_and_stage(source, out_dir, model, device=device, gradcam=gradcam, overwrite=overwrite,
                                  progress=progress, cancel=cancel, series_uid=series_uid, tta=tta)
 
-    def run_batch(self, source, out_dir, model=None, *, tta="all", **options):
+    def run_batch(self, source: str | Path, out_dir: str | Path, model: Any = None, *, tta: str = "all",
+                  **options: Any) -> Path:
         check_tta(tta)  # a wrong level is the command's error, not one per case
         return super().run_batch(source, out_dir, model, tta=tta, **options)
 
-    def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None, cancel=None,
-                 tta="all", **options):
+    def evaluate(self, dataset: str | Path, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                 cancel: CancelFn | None = None, tta: str = "all", **options: Any) -> dict[str, Path]:
         from engine.tasks.esophagus.evaluation import evaluate
 
         return evaluate(dataset, out_dir, model, device=device, overwrite=overwrite, progress=progress,
                         cancel=cancel, tta=tta, cases=options.get("cases"))
 
-    def ensemble(self, models, out_dir, **options):
+    def ensemble(self, models: Sequence[Any], out_dir: str | Path, **options: Any) -> ModelBundle:
         from engine.tasks.esophagus.ensemble import ensemble_classifiers
 
         return ensemble_classifiers(models, out_dir, **options)
 
-    def ensemble_members(self, bundle) -> list[str]:
+    def ensemble_members(self, bundle: ModelBundle) -> list[str]:
         from engine.tasks.esophagus.options import classifier_weight_names
 
         return classifier_weight_names(bundle)
