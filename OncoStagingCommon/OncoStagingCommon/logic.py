@@ -237,6 +237,7 @@ def train_options_of(task: Task) -> set[str]:
     """The option strings ``engine train --task NAME`` adds for ``task`` (read from its declaration)."""
     parser = argparse.ArgumentParser(add_help=False)
     task.add_arguments("train", parser)
+    # argparse has no public list of its options; _actions is stable across Python versions
     return {option for action in parser._actions for option in action.option_strings}
 
 
@@ -559,7 +560,8 @@ class TaskLogic(ScriptedLoadableModuleLogic):
             raise TaskInputError(f"There is no stopped training of '{request.model_id}' to resume; untick "
                                  "'Resume' to start a new one, or give the name of the stopped run.")
         job = TrainingJob(request, out_dir, engine_train_args(self.task, request, out_dir), on_event)
-        validate = ["validate", str(dataset), *(["--require-stages"] if self.has_stages else [])]
+        validate = ["validate", str(dataset), "--task", self.task.name,
+                    *(["--require-stages"] if self.has_stages else [])]
         job.job = self._engine_job(validate).start()
         return job
 

@@ -130,7 +130,7 @@ def test_training_runs_validate_then_train_with_the_tasks_options(toy, segmentat
         logic, engine = logic_for(task, slicer.vtkMRMLScene())
         out = tmp_path / f"{task.name}-out"
         assert logic.train(TrainingRequest(dataset=tmp_path / "data", model_name="M", out_dir=out)) == out
-        assert engine.commands[0] == ["validate", str(tmp_path / "data"), *validate]
+        assert engine.commands[0] == ["validate", str(tmp_path / "data"), "--task", task.name, *validate]
         assert engine.commands[1][:3] == ["train", "--task", task.name]
     assert "--learning-rate" in train_options_of(toy)  # the toy's own option, read from its declaration
     logic = TaskLogic("toy", scene=slicer.vtkMRMLScene(), launcher=FakeEngine(toy))
