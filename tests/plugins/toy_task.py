@@ -3,22 +3,20 @@
 ``toy`` segments a bright spherical lesion and a darker organ block in small CT-like volumes and
 stages the lesion "low" or "high" by its size. It has its own phantom generator, a two-layer network
 trained with Adam, a model bundle, Segment & Stage through the engine's task-independent runner
-pieces (atomic outputs, Slicer segmentation, overview figure, Grad-CAM, volumes) and an evaluation
-through the engine's evaluation tables. Nothing in ``engine/`` names it: the tests register it with
-``engine.tasks.register_task(TASK)`` or, for a child process, ``ONCOSTAGING_TASKS=toy_task:TASK``
-with this folder on ``PYTHONPATH``.
+pieces (``engine.pipelines.case.segment_case``: report, atomic outputs, Slicer segmentation, overview
+figure; ``engine.explain`` Grad-CAM; volumes) and an evaluation through the engine's evaluation
+tables. Nothing in ``engine/`` names it: the tests register it with ``engine.tasks.register_task(TASK)``
+or, for a child process, ``ONCOSTAGING_TASKS=toy_task:TASK`` with this folder on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from engine.data.dataset import CaseTargets, DatasetDescription
-from engine.errors import Cancelled, EngineError, ImageError
+from engine.errors import EngineError, ImageError
 from engine.tasks import Label, PlanDefaults, Task, anatomy, check_tta, neoplasm
 
 NAME = "toy"
@@ -96,24 +94,36 @@ class ToyPredictor:
         self.net.load_state_dict(bundle.load_state_dict("network"))
         self.net.eval()
 
-    def predict(self, image, gradcam: bool = True, cancel=None) -> dict[str, Any]:
+    def predict(self, image, gradcam: bool = True, progress=None, cancel=None, **options):
         import torch
 
         from engine.explain.gradcam import grad_cam
+        from engine.inference.volumes import structure_volumes_cm3
+        from engine.pipelines.case import Prediction, StepTimer
 
-        if cancel is not None and cancel():
-            raise Cancelled("Segment & Stage cancelled; nothing was written")
+        timer = StepTimer(progress, cancel, ("network", "gradcam"))
         x = torch.from_numpy(_normalise(image.array))[None, None]
-        with torch.no_grad():
+        with timer.step("network"), torch.no_grad():
             seg_logits, stage_logits = self.net(x)
         labels = seg_logits[0].argmax(0).numpy().astype(np.uint8)
         probabilities = torch.softmax(stage_logits[0], 0).numpy().astype(np.float64)
         cam = None
         if gradcam:
-            cam = grad_cam(self.net, self.net.features, (x,), class_index=int(np.argmax(probabilities)),
-                           forward=lambda t: self.net(t)[1]).cam
-        return {"labels": labels, "probabilities": {s: float(p) for s, p in zip(STAGES, probabilities)},
-                "gradcam": cam}
+            with timer.step("gradcam"):
+                cam = grad_cam(self.net, self.net.features, (x,), class_index=int(np.argmax(probabilities)),
+                               forward=lambda t: self.net(t)[1]).cam
+        return Prediction(labels=image.with_array(labels),
+                          gradcam=image.with_array(cam.astype(np.float32)) if cam is not None else None,
+                          volumes_cm3=structure_volumes_cm3(labels, image.spacing,
+                                                            {lab.value: lab.name for lab in LABELS}),
+                          stage_probabilities={s: float(p) for s, p in zip(STAGES, probabilities)},
+                          predicted_stage=STAGES[int(np.argmax(probabilities))], timings_s=timer.timings)
+
+
+def check_ct(image) -> None:
+    """The toy model reads HU: a CT holds some air."""
+    if float(np.mean(image.array <= -500)) < 0.005:
+        raise ImageError("The toy task needs a CT in HU with some air in the field of view.")
 
 
 class ToyTask(Task):
@@ -126,8 +136,8 @@ class ToyTask(Task):
     def options_from_args(self, command, args):
         if command != "train":
             return {}
-        return {"seed": args.seed, "steps": args.epochs or 1, "model_id": args.model_id, "version": args.version,
-                "learning_rate": args.learning_rate}
+        return {"seed": args.seed, "steps": args.epochs or 1, "model_id": args.model_id,
+                "version": args.version, "learning_rate": args.learning_rate}
 
     def train(self, dataset, out_dir, *, plan=None, callbacks=(), overwrite=False, command=None, resume=False,
               **options):
@@ -148,7 +158,8 @@ class ToyTask(Task):
         for _ in range(steps):
             for image, label, stage in cases:
                 seg, cls = net(torch.from_numpy(_normalise(image.array))[None, None])
-                loss = torch.nn.functional.cross_entropy(seg, torch.from_numpy(label.array.astype(np.int64))[None])
+                target = torch.from_numpy(label.array.astype(np.int64))[None]
+                loss = torch.nn.functional.cross_entropy(seg, target)
                 loss = loss + torch.nn.functional.cross_entropy(cls, torch.tensor([STAGES.index(stage)]))
                 optimiser.zero_grad()
                 loss.backward()
@@ -173,46 +184,17 @@ class ToyTask(Task):
             return ToyPredictor(load_bundle(model, expected_task=NAME), device)
         return ToyPredictor(find_bundle(NAME, model), device)
 
-    def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False, progress=None,
-                cancel=None, series_uid=None, tta="all", **options):
-        from engine.io.image import read_image, write_image
-        from engine.io.segmentation_nrrd import write_segmentation_nrrd
-        from engine.inference.volumes import structure_volumes_cm3
-        from engine.pipelines import outputs
-        from engine.reporting.overview import render_overview
+    def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False,
+                progress=None, cancel=None, series_uid=None, tta="all", **options):
+        from engine.pipelines.case import segment_case
 
-        check_tta(tta)
-        t0 = time.perf_counter()
-        out = outputs.check_output_dir(out_dir, overwrite)
-        image = read_image(source, series_uid=series_uid)
-        if float(np.mean(image.array <= -500)) < 0.005:
-            raise ImageError("The toy task needs a CT in HU with some air in the field of view.")
-        predictor = self.load_predictor(model, device)
-        result = predictor.predict(image, gradcam=gradcam, cancel=cancel)
-        labels = image.with_array(result["labels"])
-        cam = image.with_array(result["gradcam"].astype(np.float32)) if result["gradcam"] is not None else None
-        stage = max(result["probabilities"], key=result["probabilities"].get)
-        segments = outputs.segments_from_labels(LABELS)
-        report = {"task": NAME, "model": {"id": predictor.bundle.id, "version": predictor.bundle.version,
-                                          "intended_use": predictor.bundle.intended_use},
-                  "input": {"path": str(source), "shape": list(image.shape)[::-1]},
-                  "stage_probabilities": result["probabilities"], "predicted_stage": stage,
-                  "volumes_cm3": structure_volumes_cm3(result["labels"], image.spacing,
-                                                       {lab.value: lab.name for lab in LABELS}),
-                  "warnings": [], "timings_s": {"total": round(time.perf_counter() - t0, 3)}}
-        writers = {outputs.SEGMENTATION_FILE: lambda p: write_image(labels, p),
-                   outputs.SLICER_SEGMENTATION_FILE: lambda p: write_segmentation_nrrd(labels, p, segments),
-                   outputs.OVERVIEW_FILE: lambda p: render_overview(
-                       image, labels, cam.array if cam is not None else None, segments,
-                       result["probabilities"], p, focus_label=1, title=f"toy: {stage}"),
-                   outputs.REPORT_FILE: lambda p: outputs.write_json(p, report)}
-        if cam is not None:
-            writers[outputs.GRADCAM_FILE] = lambda p: write_image(cam, p)
-        files = outputs.write_all(out, writers)
-        return ToyRunResult(out, files, report)
+        check_tta(tta)  # the toy model has no mirroring; the generic option is still checked
+        return segment_case(self, source, out_dir, lambda: self.load_predictor(model, device),
+                            gradcam=gradcam, overwrite=overwrite, progress=progress, cancel=cancel, series_uid=series_uid,
+                            check_input=check_ct)
 
-    def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None, cancel=None,
-                 tta="all", **options):
+    def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None,
+                 cancel=None, tta="all", **options):
         from engine.data.dataset import RawDataset
         from engine.evaluation import evaluate_case, summarize, write_report
 
@@ -222,19 +204,15 @@ class ToyTask(Task):
         for i, case in enumerate(ds.training):
             image = case.load_image()
             result = predictor.predict(image, gradcam=False, cancel=cancel)
-            evaluations.append(evaluate_case(case.case_id, result["labels"], case.load_label().array, image.spacing,
-                                             {lab.name: lab.value for lab in LABELS}, stage_true=case.stage,
-                                             stage_probabilities=result["probabilities"]))
+            evaluations.append(evaluate_case(case.case_id, result.labels.array, case.load_label().array,
+                                             image.spacing, {lab.name: lab.value for lab in LABELS},
+                                             stage_true=case.stage,
+                                             stage_probabilities=result.stage_probabilities))
             if progress is not None:
                 progress(i + 1, len(ds.training))
         report = summarize(evaluations, list(STAGES), {"task": NAME, "model": predictor.bundle.id,
                                                        "cases": len(evaluations)})
         return write_report(report, out_dir, overwrite=overwrite)
-
-
-class ToyRunResult:
-    def __init__(self, out_dir: Path, files: dict[str, Path], report: dict[str, Any]) -> None:
-        self.out_dir, self.files, self.report = out_dir, files, report
 
 
 TASK = ToyTask(name=NAME, title="Toy lesion segmentation and staging (plug-in example)", modality="CT",
