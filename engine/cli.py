@@ -377,8 +377,7 @@ def _command(sub, name: str, task_command: str | None = None, **kwargs) -> argpa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.synth import PRESETS
-    from engine.tasks import DEVICE_CHOICES, TTA_HELP, TTA_MODES, phantom_task_names, task_names
+    from engine.tasks import phantom_task_names, task_names
 
     tasks, phantoms = task_names(), phantom_task_names()
     p = argparse.ArgumentParser(prog="python -m engine",
@@ -390,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = _command(sub, "tasks", help="list the registered tasks: modality, labels, stages, installed models")
     s.add_argument("--json", action="store_true", help="print the list as JSON")
     s.set_defaults(func=cmd_tasks)
+    _add_data_commands(sub, tasks, phantoms)
+    _add_training_commands(sub, tasks)
+    _add_inference_commands(sub, tasks)
+    _add_models_command(sub, tasks)
+    return p
+
+
+def _add_data_commands(sub, tasks: Sequence[str], phantoms: Sequence[str]) -> None:
+    from engine.synth import PRESETS
 
     s = _command(sub, "validate", help="check a dataset (nnU-Net raw layout + stages.csv); lists all problems")
     s.add_argument("dataset", help="dataset folder holding dataset.json, imagesTr/, labelsTr/")
@@ -433,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_openkbp)
 
+
+
+def _add_training_commands(sub, tasks: Sequence[str]) -> None:
+    from engine.tasks import DEVICE_CHOICES
+
     s = _command(sub, "train", "train", help="train a task's model on a dataset and write a model bundle "
                                                     "(--task T --help lists the task's own options)")
     s.add_argument("--task", required=True, choices=tasks)
@@ -471,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_ensemble)
 
+
+
+def _add_inference_commands(sub, tasks: Sequence[str]) -> None:
+    from engine.tasks import DEVICE_CHOICES, TTA_HELP, TTA_MODES
+
     s = _command(sub, "run", "run", help="Segment & Stage an image (file, DICOM folder) or a batch (folder/CSV)")
     s.add_argument("--task", choices=tasks, help="default: the task of the --model bundle")
     s.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images or CSV list")
@@ -494,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
+
+
+def _add_models_command(sub, tasks: Sequence[str]) -> None:
     s = _command(sub, "models", help="list, import, verify or export model bundles")
     msub = s.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     m = msub.add_parser("list", help="list the shipped demo models and the user's models")
@@ -508,7 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("path")
     m.add_argument("zip")
     s.set_defaults(func=cmd_models)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,11 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: Test-time augmentation levels: "all" mirrors the segmentation and the stage classifier, "stage"
 #: only the classifier, "none" neither. A task without a stage reads "stage" as "none".
 TTA_MODES = ("all", "stage", "none")
-TTA_HELP = ("test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (about 4x the "
-            "segmentation time) and the stage probabilities over the classifier's mirrorings; 'stage' only the "
-            "latter (fast); 'none' neither")
+TTA_HELP = (
+    "test-time mirroring: 'all' (default) averages the segmentation over mirrored windows (about 4x the "
+    "segmentation time) and the stage probabilities over the classifier's mirrorings; 'stage' only the "
+    "latter (fast); 'none' neither"
+)
 #: Commands whose options a task may extend with :meth:`Task.add_arguments`.
 TASK_COMMANDS = ("train", "run", "evaluate")
 
@@ -49,13 +51,18 @@ def code(scheme: str, value: str, meaning: str) -> dict[str, str]:
 
 def anatomy(snomed: str, meaning: str) -> dict[str, Any]:
     """Terminology of a normal anatomical structure (SNOMED CT)."""
-    return {"category": code("SCT", "123037004", "Anatomical Structure"), "type": code("SCT", snomed, meaning)}
+    return {
+        "category": code("SCT", "123037004", "Anatomical Structure"),
+        "type": code("SCT", snomed, meaning),
+    }
 
 
 def neoplasm() -> dict[str, Any]:
     """Terminology of a tumour: a morphologically altered structure of type neoplasm (SNOMED CT)."""
-    return {"category": code("SCT", "49755003", "Morphologically Altered Structure"),
-            "type": code("SCT", "108369006", "Neoplasm")}
+    return {
+        "category": code("SCT", "49755003", "Morphologically Altered Structure"),
+        "type": code("SCT", "108369006", "Neoplasm"),
+    }
 
 
 @dataclass(frozen=True)
@@ -137,8 +144,14 @@ class Task:
             if value == 0:
                 continue
             known = self.label(name)
-            out.append(Label(name, int(value), known.color if known else UNKNOWN_LABEL_COLOR,
-                             known.terminology if known else None))
+            out.append(
+                Label(
+                    name,
+                    int(value),
+                    known.color if known else UNKNOWN_LABEL_COLOR,
+                    known.terminology if known else None,
+                )
+            )
         return out
 
     def phantom_module(self) -> ModuleType:
@@ -163,12 +176,24 @@ class Task:
     # --- entry points ----------------------------------------------------------------------------
 
     def _not_built(self, what: str) -> EngineError:
-        return EngineError(f"Task '{self.name}' ({self.title}) has no {what} yet; tasks that have one: "
-                           + ", ".join(_runnable_names()) + ".")
+        return EngineError(
+            f"Task '{self.name}' ({self.title}) has no {what} yet; tasks that have one: "
+            + ", ".join(_runnable_names())
+            + "."
+        )
 
-    def train(self, dataset: str | Path, out_dir: str | Path, *, plan: Any = None, callbacks: Sequence[Any] = (),
-              overwrite: bool = False, command: str | None = None, resume: bool = False,
-              **options: Any) -> "ModelBundle":
+    def train(
+        self,
+        dataset: str | Path,
+        out_dir: str | Path,
+        *,
+        plan: Any = None,
+        callbacks: Sequence[Any] = (),
+        overwrite: bool = False,
+        command: str | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> "ModelBundle":
         """Train this task's model on ``dataset`` and write a bundle to ``out_dir``."""
         raise self._not_built("training pipeline")
 
@@ -177,25 +202,64 @@ class Task:
         to pass as ``model`` to :meth:`segment` for many inputs."""
         raise self._not_built("Segment & Stage")
 
-    def segment(self, source: Any, out_dir: str | Path, model: Any = None, *, device: str = "auto",
-                gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, series_uid: str | None = None, **options: Any) -> Any:
+    def segment(
+        self,
+        source: Any,
+        out_dir: str | Path,
+        model: Any = None,
+        *,
+        device: str = "auto",
+        gradcam: bool = True,
+        overwrite: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+        series_uid: str | None = None,
+        **options: Any,
+    ) -> Any:
         """Segment & Stage one image into ``out_dir`` (all files or none); returns a run result."""
         raise self._not_built("Segment & Stage")
 
-    def run_batch(self, source: str | Path, out_dir: str | Path, model: Any = None, *, device: str = "auto",
-                  gradcam: bool = True, overwrite: bool = False,
-                  progress: Callable[[int, int, str], None] | None = None, cancel: CancelFn | None = None,
-                  **options: Any) -> Path:
+    def run_batch(
+        self,
+        source: str | Path,
+        out_dir: str | Path,
+        model: Any = None,
+        *,
+        device: str = "auto",
+        gradcam: bool = True,
+        overwrite: bool = False,
+        progress: Callable[[int, int, str], None] | None = None,
+        cancel: CancelFn | None = None,
+        **options: Any,
+    ) -> Path:
         """Segment & Stage a folder of images or a CSV list, one sub-folder per case + ``summary.csv``."""
         from engine.pipelines.runner import run_batch
 
-        return run_batch(self, source, out_dir, model, device=device, gradcam=gradcam, overwrite=overwrite,
-                         progress=progress, cancel=cancel, **options)
+        return run_batch(
+            self,
+            source,
+            out_dir,
+            model,
+            device=device,
+            gradcam=gradcam,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
+            **options,
+        )
 
-    def evaluate(self, dataset: str | Path, out_dir: str | Path, model: Any = None, *, device: str = "auto",
-                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                 cancel: CancelFn | None = None, **options: Any) -> dict[str, Path]:
+    def evaluate(
+        self,
+        dataset: str | Path,
+        out_dir: str | Path,
+        model: Any = None,
+        *,
+        device: str = "auto",
+        overwrite: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: CancelFn | None = None,
+        **options: Any,
+    ) -> dict[str, Path]:
         """Run a model on every labelled case of ``dataset``; write metrics.json/.md and plots."""
         raise self._not_built("evaluation")
 

@@ -41,11 +41,17 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     """Make ``task`` known to the CLI, planner, synth, bundles and the Slicer logic of this process."""
     if not isinstance(task, Task):
         raise TypeError(f"register_task needs an engine.tasks.Task, got {type(task).__name__}")
-    if not task.name or not task.name.replace("_", "").replace("-", "").isalnum() or task.name != task.name.lower():
+    if (
+        not task.name
+        or not task.name.replace("_", "").replace("-", "").isalnum()
+        or task.name != task.name.lower()
+    ):
         raise EngineError(f"Task name {task.name!r} must be lower-case letters, digits, '-' or '_'.")
     taken = task.name in _registered or task.name in _known_sources()
     if not replace and taken and _lookup(task.name) is not task:
-        raise EngineError(f"A task named '{task.name}' is already registered; pass replace=True to replace it.")
+        raise EngineError(
+            f"A task named '{task.name}' is already registered; pass replace=True to replace it."
+        )
     _registered[task.name] = task
     _loaded.pop(task.name, None)
     return task
@@ -61,7 +67,9 @@ def _env_sources() -> dict[str, str]:
     out = {}
     for item in filter(None, (s.strip() for s in os.environ.get(TASKS_ENV, "").split(","))):
         if ":" not in item:
-            raise EngineError(f"${TASKS_ENV} entry {item!r} must be 'module:attribute', e.g. 'mytasks.liver:TASK'.")
+            raise EngineError(
+                f"${TASKS_ENV} entry {item!r} must be 'module:attribute', e.g. 'mytasks.liver:TASK'."
+            )
         out[f"env:{item}"] = item
     return out
 

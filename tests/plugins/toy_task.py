@@ -21,8 +21,10 @@ from engine.tasks import Label, PlanDefaults, Task, anatomy, check_tta, neoplasm
 
 NAME = "toy"
 STAGES = ("low", "high")
-LABELS = (Label("lesion", 1, (230, 41, 41), neoplasm()),
-          Label("organ", 2, (90, 130, 230), anatomy("10200004", "Liver")))
+LABELS = (
+    Label("lesion", 1, (230, 41, 41), neoplasm()),
+    Label("organ", 2, (90, 130, 230), anatomy("10200004", "Liver")),
+)
 SHAPE = (16, 24, 24)
 SPACING = (4.0, 2.0, 2.0)
 HAS_TARGETS = True
@@ -30,10 +32,15 @@ HAS_TARGETS = True
 
 # --- phantoms: the generator protocol (generate, description, HAS_TARGETS) --------------------------
 
+
 def description() -> DatasetDescription:
-    return DatasetDescription(name="SyntheticToy", channel_names={"0": "CT"},
-                              labels={"background": 0, **{lab.name: lab.value for lab in LABELS}},
-                              stages=list(STAGES), description="Toy phantoms of the plug-in example task.")
+    return DatasetDescription(
+        name="SyntheticToy",
+        channel_names={"0": "CT"},
+        labels={"background": 0, **{lab.name: lab.value for lab in LABELS}},
+        stages=list(STAGES),
+        description="Toy phantoms of the plug-in example task.",
+    )
 
 
 def generate(seed: int, preset: str = "small"):
@@ -48,7 +55,7 @@ def generate(seed: int, preset: str = "small"):
     stage = STAGES[int(rng.integers(0, 2))]
     radius = 2.0 if stage == "low" else 4.0
     centre = (8 + rng.integers(-2, 3), 8 + rng.integers(-1, 2), 15 + rng.integers(-1, 2))
-    lesion = ((z - centre[0]) * 0.5) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+    lesion = ((z - centre[0]) * 0.5) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
     label[lesion] = 1
     ct = np.full(SHAPE, 40.0, dtype=np.float32)
     ct[:, :, :2] = -1000.0  # air beside the body, as a CT has
@@ -56,11 +63,16 @@ def generate(seed: int, preset: str = "small"):
     ct[label == 1] = 160.0
     ct += rng.normal(0.0, 8.0, SHAPE).astype(np.float32)
     geometry = dict(spacing=SPACING, origin=(0.0, 0.0, 0.0), direction=np.eye(3))
-    return PhantomCase(Image(ct, modality="CT", **geometry), Image(label, **geometry),
-                       CaseTargets(t_stage=stage), {"task": NAME, "seed": int(seed), "stage": stage})
+    return PhantomCase(
+        Image(ct, modality="CT", **geometry),
+        Image(label, **geometry),
+        CaseTargets(t_stage=stage),
+        {"task": NAME, "seed": int(seed), "stage": stage},
+    )
 
 
 # --- the network ---------------------------------------------------------------------------------
+
 
 def _network():
     import torch.nn as nn
@@ -110,14 +122,21 @@ class ToyPredictor:
         cam = None
         if gradcam:
             with timer.step("gradcam"):
-                cam = grad_cam(self.net, self.net.features, (x,), class_index=int(np.argmax(probabilities)),
-                               forward=lambda t: self.net(t)[1]).cam
-        return Prediction(labels=image.with_array(labels),
-                          gradcam=image.with_array(cam.astype(np.float32)) if cam is not None else None,
-                          volumes_cm3=structure_volumes_cm3(labels, image.spacing,
-                                                            {lab.value: lab.name for lab in LABELS}),
-                          stage_probabilities={s: float(p) for s, p in zip(STAGES, probabilities)},
-                          predicted_stage=STAGES[int(np.argmax(probabilities))], timings_s=timer.timings)
+                cam = grad_cam(
+                    self.net,
+                    self.net.features,
+                    (x,),
+                    class_index=int(np.argmax(probabilities)),
+                    forward=lambda t: self.net(t)[1],
+                ).cam
+        return Prediction(
+            labels=image.with_array(labels),
+            gradcam=image.with_array(cam.astype(np.float32)) if cam is not None else None,
+            volumes_cm3=structure_volumes_cm3(labels, image.spacing, {lab.value: lab.name for lab in LABELS}),
+            stage_probabilities={s: float(p) for s, p in zip(STAGES, probabilities)},
+            predicted_stage=STAGES[int(np.argmax(probabilities))],
+            timings_s=timer.timings,
+        )
 
 
 def check_ct(image) -> None:
@@ -136,11 +155,26 @@ class ToyTask(Task):
     def options_from_args(self, command, args):
         if command != "train":
             return {}
-        return {"seed": args.seed, "steps": args.epochs or 1, "model_id": args.model_id,
-                "version": args.version, "learning_rate": args.learning_rate}
+        return {
+            "seed": args.seed,
+            "steps": args.epochs or 1,
+            "model_id": args.model_id,
+            "version": args.version,
+            "learning_rate": args.learning_rate,
+        }
 
-    def train(self, dataset, out_dir, *, plan=None, callbacks=(), overwrite=False, command=None, resume=False,
-              **options):
+    def train(
+        self,
+        dataset,
+        out_dir,
+        *,
+        plan=None,
+        callbacks=(),
+        overwrite=False,
+        command=None,
+        resume=False,
+        **options,
+    ):
         import torch
 
         from engine.data.dataset import RawDataset
@@ -166,14 +200,23 @@ class ToyTask(Task):
                 optimiser.step()
                 losses.append(float(loss.detach()))
         return save_bundle(
-            out_dir, id=options.get("model_id") or "toy-model", name="Toy model",
-            version=options.get("version") or "1.0.0", task=NAME, architecture={"name": "ToyNet"},
-            plan={"labels": self.label_map}, labels=list(LABELS), stages=list(STAGES), modality="CT",
+            out_dir,
+            id=options.get("model_id") or "toy-model",
+            name="Toy model",
+            version=options.get("version") or "1.0.0",
+            task=NAME,
+            architecture={"name": "ToyNet"},
+            plan={"labels": self.label_map},
+            labels=list(LABELS),
+            stages=list(STAGES),
+            modality="CT",
             training={"dataset": str(dataset), "steps": steps, "command": command},
             metrics={"training": {"final_loss": losses[-1], "iterations": len(losses)}},
-            intended_use=DEMO_INTENDED_USE, weights={"network": net.state_dict()},
+            intended_use=DEMO_INTENDED_USE,
+            weights={"network": net.state_dict()},
             model_card="# Toy model\n\nThe plug-in example task's model; trained on toy phantoms.\n",
-            overwrite=overwrite)
+            overwrite=overwrite,
+        )
 
     def load_predictor(self, model=None, device="auto"):
         from engine.registry import find_bundle, load_bundle
@@ -184,17 +227,50 @@ class ToyTask(Task):
             return ToyPredictor(load_bundle(model, expected_task=NAME), device)
         return ToyPredictor(find_bundle(NAME, model), device)
 
-    def segment(self, source, out_dir, model=None, *, device="auto", gradcam=True, overwrite=False,
-                progress=None, cancel=None, series_uid=None, tta="all", **options):
+    def segment(
+        self,
+        source,
+        out_dir,
+        model=None,
+        *,
+        device="auto",
+        gradcam=True,
+        overwrite=False,
+        progress=None,
+        cancel=None,
+        series_uid=None,
+        tta="all",
+        **options,
+    ):
         from engine.pipelines.case import segment_case
 
         check_tta(tta)  # the toy model has no mirroring; the generic option is still checked
-        return segment_case(self, source, out_dir, lambda: self.load_predictor(model, device),
-                            gradcam=gradcam, overwrite=overwrite, progress=progress, cancel=cancel, series_uid=series_uid,
-                            check_input=check_ct)
+        return segment_case(
+            self,
+            source,
+            out_dir,
+            lambda: self.load_predictor(model, device),
+            gradcam=gradcam,
+            overwrite=overwrite,
+            progress=progress,
+            cancel=cancel,
+            series_uid=series_uid,
+            check_input=check_ct,
+        )
 
-    def evaluate(self, dataset, out_dir, model=None, *, device="auto", overwrite=False, progress=None,
-                 cancel=None, tta="all", **options):
+    def evaluate(
+        self,
+        dataset,
+        out_dir,
+        model=None,
+        *,
+        device="auto",
+        overwrite=False,
+        progress=None,
+        cancel=None,
+        tta="all",
+        **options,
+    ):
         from engine.data.dataset import RawDataset
         from engine.evaluation import evaluate_case, summarize, write_report
 
@@ -204,17 +280,33 @@ class ToyTask(Task):
         for i, case in enumerate(ds.training):
             image = case.load_image()
             result = predictor.predict(image, gradcam=False, cancel=cancel)
-            evaluations.append(evaluate_case(case.case_id, result.labels.array, case.load_label().array,
-                                             image.spacing, {lab.name: lab.value for lab in LABELS},
-                                             stage_true=case.stage,
-                                             stage_probabilities=result.stage_probabilities))
+            evaluations.append(
+                evaluate_case(
+                    case.case_id,
+                    result.labels.array,
+                    case.load_label().array,
+                    image.spacing,
+                    {lab.name: lab.value for lab in LABELS},
+                    stage_true=case.stage,
+                    stage_probabilities=result.stage_probabilities,
+                )
+            )
             if progress is not None:
                 progress(i + 1, len(ds.training))
-        report = summarize(evaluations, list(STAGES), {"task": NAME, "model": predictor.bundle.id,
-                                                       "cases": len(evaluations)})
+        report = summarize(
+            evaluations, list(STAGES), {"task": NAME, "model": predictor.bundle.id, "cases": len(evaluations)}
+        )
         return write_report(report, out_dir, overwrite=overwrite)
 
 
-TASK = ToyTask(name=NAME, title="Toy lesion segmentation and staging (plug-in example)", modality="CT",
-               labels=LABELS, stage_names=STAGES, tumour_label="lesion", plan_defaults=PlanDefaults(dims=3),
-               phantom=__name__, summary="the plug-in example of the test suite")
+TASK = ToyTask(
+    name=NAME,
+    title="Toy lesion segmentation and staging (plug-in example)",
+    modality="CT",
+    labels=LABELS,
+    stage_names=STAGES,
+    tumour_label="lesion",
+    plan_defaults=PlanDefaults(dims=3),
+    phantom=__name__,
+    summary="the plug-in example of the test suite",
+)

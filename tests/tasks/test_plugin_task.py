@@ -34,16 +34,40 @@ def toy():
 @pytest.fixture
 def toy_dataset(toy, tmp_path):
     out = tmp_path / "data"
-    assert main(["synth", "--task", "toy", "--cases", "4", "--test-cases", "1", "--seed", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["synth", "--task", "toy", "--cases", "4", "--test-cases", "1", "--seed", "3", "--out", str(out)]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture
 def toy_model(toy_dataset, tmp_path):
     out = tmp_path / "model"
-    assert main(["train", "--task", "toy", "--data", str(toy_dataset), "--out", str(out), "--epochs", "1",
-                 "--seed", "0", "--learning-rate", "0.01", "--progress", "json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "toy",
+                "--data",
+                str(toy_dataset),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--seed",
+                "0",
+                "--learning-rate",
+                "0.01",
+                "--progress",
+                "json",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -91,31 +115,71 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
 
     image = next((toy_dataset / "imagesTs").iterdir())
     out = tmp_path / "run"
-    assert main(["run", "--task", "toy", "--input", str(image), "--out", str(out), "--model", str(toy_model)]) == 0
+    assert (
+        main(["run", "--task", "toy", "--input", str(image), "--out", str(out), "--model", str(toy_model)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Predicted stage:" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "toy" and report["predicted_stage"] in ("low", "high")
     assert sum(report["stage_probabilities"].values()) == pytest.approx(1.0)
     assert set(report["volumes_cm3"]) == {"lesion", "organ"}
-    assert {p.name for p in out.iterdir()} == {"segmentation.nii.gz", "segmentation.seg.nrrd", "gradcam.nii.gz",
-                                              "overview.png", "report.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "segmentation.nii.gz",
+        "segmentation.seg.nrrd",
+        "gradcam.nii.gz",
+        "overview.png",
+        "report.json",
+    }
 
     again = tmp_path / "run-by-model"  # the bundle's task picks the implementation when --task is left out
     assert main(["run", "--input", str(image), "--out", str(again), "--model", str(toy_model)]) == 0
-    assert json.loads((again / "report.json").read_text())["stage_probabilities"] == report["stage_probabilities"]
+    assert (
+        json.loads((again / "report.json").read_text())["stage_probabilities"]
+        == report["stage_probabilities"]
+    )
 
     batch = tmp_path / "batch"
-    assert main(["run", "--task", "toy", "--input", str(toy_dataset / "imagesTr"), "--out", str(batch),
-                 "--model", str(toy_model), "--no-gradcam"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--task",
+                "toy",
+                "--input",
+                str(toy_dataset / "imagesTr"),
+                "--out",
+                str(batch),
+                "--model",
+                str(toy_model),
+                "--no-gradcam",
+            ]
+        )
+        == 0
+    )
     with (batch / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
     assert all(abs(float(r["p_low"]) + float(r["p_high"]) - 1) < 1e-5 for r in rows)
 
     evaluation = tmp_path / "evaluation"
-    assert main(["evaluate", "--task", "toy", "--data", str(toy_dataset), "--model", str(toy_model),
-                 "--out", str(evaluation)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "toy",
+                "--data",
+                str(toy_dataset),
+                "--model",
+                str(toy_model),
+                "--out",
+                str(evaluation),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["metadata"]["task"] == "toy" and metrics["n_cases"] == 4
     assert [s["name"] for s in metrics["structures"]] == ["lesion", "organ"]
@@ -130,21 +194,51 @@ def test_training_is_reproducible_by_seed(toy_dataset, tmp_path):
     weights = []
     for run in ("a", "b"):
         out = tmp_path / run
-        assert main(["train", "--task", "toy", "--data", str(toy_dataset), "--out", str(out), "--seed", "7"]) == 0
+        assert (
+            main(["train", "--task", "toy", "--data", str(toy_dataset), "--out", str(out), "--seed", "7"])
+            == 0
+        )
         weights.append(load_file(str(out / "network.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_child_process_finds_the_plugin_through_the_environment(tmp_path):
-    env = {**os.environ, TASKS_ENV: "toy_task:TASK",
-           "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    listed = subprocess.run([sys.executable, "-m", "engine", "tasks", "--json"], env=env, capture_output=True,
-                            text=True, check=True)
+    env = {
+        **os.environ,
+        TASKS_ENV: "toy_task:TASK",
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "engine", "tasks", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "toy" in [r["name"] for r in json.loads(listed.stdout)]
-    synth = subprocess.run([sys.executable, "-m", "engine", "synth", "--task", "toy", "--cases", "1",
-                            "--out", str(tmp_path / "d")], env=env, capture_output=True, text=True)
+    synth = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "synth",
+            "--task",
+            "toy",
+            "--cases",
+            "1",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert synth.returncode == 0, synth.stderr
-    bad = subprocess.run([sys.executable, "-m", "engine", "tasks"], env={**env, TASKS_ENV: "no_such_module:TASK"},
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "engine", "tasks"],
+        env={**env, TASKS_ENV: "no_such_module:TASK"},
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "no_such_module" in bad.stderr
