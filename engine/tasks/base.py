@@ -268,8 +268,9 @@ class Task:
         raise self._not_built("ensembles")
 
     def ensemble_members(self, bundle: "ModelBundle") -> list[str]:
-        """The weight names of the models an ensemble bundle combines (one for a single model)."""
-        return [w.name for w in bundle.weights]
+        """Names of the models an ensemble bundle combines; a task without ensembles has one model per
+        bundle, however many weight files it stores."""
+        return [bundle.id]
 
     def model_card(self, bundle: "ModelBundle") -> str:
         """The bundle's model card (Markdown); by default the one written at training time."""

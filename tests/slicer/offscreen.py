@@ -180,12 +180,12 @@ def make_screenshots(out_dir=None) -> list:
 
     import SimpleITK as sitk
 
-    from engine.pipelines import esophagus
     from engine.pipelines.outputs import segments_from_labels
     from engine.demo import DEMO_CASE_SEED
     from engine.io.image import write_image
     from engine.registry import find_bundle
     from engine.synth import generate_case
+    from engine.tasks import get_task
     from OncoStagingCommon import results
 
     out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
@@ -197,7 +197,7 @@ def make_screenshots(out_dir=None) -> list:
         ct_file = work / "demo_ct.nii.gz"
         write_image(case.channels[0], ct_file)
         run = work / "run"
-        result = esophagus.segment_and_stage(ct_file, run, bundle, device="cpu")
+        result = get_task("esophagus").segment(ct_file, run, bundle, device="cpu")
         headless = HeadlessSlicer()
         ct = headless.load_volume(ct_file, "Phantom CT")
         three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
