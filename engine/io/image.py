@@ -24,6 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from engine.errors import ImageError
+from engine.io.integrity import check_image_file
+from engine.io.quiet import quiet_itk
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +173,15 @@ def _read_file(path: Path) -> tuple[sitk.Image, str | None]:
     if not name.endswith(READABLE_SUFFIXES):
         raise ImageError(f"Unsupported file type '{path.name}'. Use NIfTI (.nii/.nii.gz), NRRD (.nrrd), "
                          "MHA/MHD, or a DICOM series folder.")
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise ImageError(f"Cannot read '{path}': the file is corrupt or not a {path.suffix} image "
-                         f"({_first_line(exc)}).") from None
+    check_image_file(path)  # ITK reads a truncated file as zeros without a word
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with quiet_itk():
+        try:
+            img = reader.Execute()
+        except RuntimeError as exc:
+            raise ImageError(f"Cannot read '{path}': the file is corrupt or not a {path.suffix} image "
+                             f"({_first_line(exc)}).") from None
     return img, None
 
 
@@ -207,40 +211,73 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     files = series[uid]
     if len(files) < 2:
         raise ImageError(f"DICOM series '{uid}' in '{folder}' has a single slice; a 3D volume is needed.")
-    positions = _slice_positions(files)
+    with quiet_itk():
+        positions = _check_series_headers(files, folder)
     _check_even_slices(positions, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
-    try:
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise ImageError(f"Cannot read the DICOM series in '{folder}' ({_first_line(exc)}).") from None
+    with quiet_itk():
+        try:
+            img = reader.Execute()
+        except RuntimeError as exc:
+            raise ImageError(f"Cannot read the DICOM series in '{folder}' ({_first_line(exc)}).") from None
     modality = None
     if reader.HasMetaDataKey(0, "0008|0060"):
         modality = reader.GetMetaData(0, "0008|0060").strip() or None
     return img, modality
 
 
-def _slice_positions(files: list[str]) -> np.ndarray:
-    """Position of each slice along the slice normal, from the DICOM headers."""
-    positions = []
-    normal = None
+def _dicom_numbers(reader: sitk.ImageFileReader, tag: str) -> list[float] | None:
+    if not reader.HasMetaDataKey(tag):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(tag).split("\\")]
+    except ValueError:
+        return None
+
+
+def _check_series_headers(files: list[str], folder: Path) -> np.ndarray:
+    """Sorted slice positions along the normal; refuse slices that do not stack into one volume."""
+    positions, first = [], None
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
-        r.ReadImageInformation()
         try:
-            ipp = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
-            iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+            r.ReadImageInformation()
         except RuntimeError:
+            raise ImageError(f"DICOM file '{f}' of the series in '{folder}' is corrupt or unreadable. "
+                             "Re-export the complete series.") from None
+        ipp, iop = _dicom_numbers(r, "0020|0032"), _dicom_numbers(r, "0020|0037")
+        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
             raise ImageError(f"DICOM file '{f}' lacks Image Position/Orientation (Patient); "
-                             "it cannot be placed in 3D.") from None
-        if normal is None:
-            normal = np.cross(iop[:3], iop[3:])
-        positions.append(float(np.dot(normal, ipp)))
+                             "it cannot be placed in 3D.")
+        info = {"size": tuple(r.GetSize()[:2]), "orientation": np.asarray(iop),
+                "pixel spacing": np.asarray(_dicom_numbers(r, "0028|0030") or r.GetSpacing()[:2])}
+        if first is None:
+            first = (f, info, np.cross(iop[:3], iop[3:]))
+        else:
+            _compare_slices(first[0], first[1], f, info, folder)
+        positions.append(float(np.dot(first[2], ipp)))
     return np.sort(np.asarray(positions))
+
+
+def _compare_slices(ref_file: str, ref: dict, file: str, info: dict, folder: Path) -> None:
+    if info["size"] != ref["size"]:
+        raise ImageError(f"DICOM series in '{folder}' mixes slice sizes: '{Path(file).name}' is "
+                         f"{info['size'][0]}×{info['size'][1]} pixels but '{Path(ref_file).name}' is "
+                         f"{ref['size'][0]}×{ref['size'][1]}. Slices of one volume share a size; separate the "
+                         "series or re-export it.")
+    if not np.allclose(info["orientation"], ref["orientation"], atol=1e-3):
+        raise ImageError(f"DICOM series in '{folder}' mixes slice orientations ('{Path(file).name}' is "
+                         f"oriented differently from '{Path(ref_file).name}'); it is not one volume. Separate "
+                         "the series or re-export it.")
+    a, b = info["pixel spacing"], ref["pixel spacing"]
+    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4):
+        raise ImageError(f"DICOM series in '{folder}' mixes pixel spacings ('{Path(file).name}': "
+                         f"{' × '.join(f'{v:g}' for v in a)} mm, '{Path(ref_file).name}': "
+                         f"{' × '.join(f'{v:g}' for v in b)} mm); it is not one volume. Re-export the series.")
 
 
 def _check_even_slices(positions: np.ndarray, folder: Path) -> None:
@@ -250,10 +287,18 @@ def _check_even_slices(positions: np.ndarray, folder: Path) -> None:
                          "acquisitions. Separate the series into their own folders.")
     median = float(np.median(gaps))
     bad = np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median
-    if np.any(bad):
-        worst = float(gaps[bad].max())
-        raise ImageError(f"DICOM series in '{folder}' has uneven slice spacing (gap of {worst:.2f} mm where "
-                         f"{median:.2f} mm is typical): slices are missing. Re-export the complete series.")
+    if not np.any(bad):
+        return
+    worst = float(gaps[bad].max()) if np.any(gaps[bad] > median) else float(gaps[bad].min())
+    ratio = worst / median
+    if ratio > 1.5 and abs(ratio - round(ratio)) <= SLICE_GAP_TOLERANCE * round(ratio):
+        missing = int(sum(round(g / median) - 1 for g in gaps[bad] if g > median))
+        raise ImageError(f"DICOM series in '{folder}' has {missing} missing slice(s): a gap of {worst:.2f} mm "
+                         f"where slices are {median:.2f} mm apart (uneven slice spacing). Re-export the "
+                         "complete series.")
+    raise ImageError(f"DICOM series in '{folder}' has uneven slice spacing: gaps from {float(gaps.min()):.2f} "
+                     f"to {float(gaps.max()):.2f} mm between slices, so it is not one evenly sampled volume. "
+                     "Re-export the series, or resample it to even spacing first.")
 
 
 def _check_dimensions(img: sitk.Image, path: Path) -> None:
@@ -273,14 +318,20 @@ def validate_image(image: Image, source: str = "image") -> None:
     arr = image.array
     if arr.ndim != 3:
         raise ImageError(f"{source}: expected a 3D volume, got {arr.ndim} dimensions {arr.shape}.")
-    if arr.size == 0 or min(arr.shape) < 2:
-        raise ImageError(f"{source}: volume of shape {arr.shape} is too small; each axis needs ≥ 2 voxels.")
-    if not np.all(np.isfinite(arr)):
-        n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ImageError(f"{source}: {n} voxels are NaN or infinite. Fix or re-export the volume.")
-    if float(arr.max()) == float(arr.min()):
-        raise ImageError(f"{source}: all voxels have the value {float(arr.min())}; the volume is empty or "
-                         "constant.")
+    size = " × ".join(str(n) for n in arr.shape)
+    if arr.size == 0:
+        raise ImageError(f"{source}: the volume holds no voxels (size {size}); an image with voxels is needed.")
+    if min(arr.shape) < 2:
+        raise ImageError(f"{source}: volume of size {size} voxels is too small; each axis needs ≥ 2 voxels.")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n = int(arr.size - np.count_nonzero(finite))
+        raise ImageError(f"{source}: {n:,} of {arr.size:,} voxels are NaN or infinite (not numbers), so the "
+                         "image cannot be used. Fix or re-export the volume.")
+    low, high = float(arr.min()), float(arr.max())
+    if low == high:
+        raise ImageError(f"{source}: the image holds one value only (every voxel is {low:g}); an empty or "
+                         "constant volume cannot be segmented. Check that the right image was exported.")
     sp = np.asarray(image.spacing)
     if np.any(sp <= 0) or np.any(sp > MAX_SPACING_MM):
         raise ImageError(f"{source}: voxel spacing {tuple(sp)} mm is outside (0, {MAX_SPACING_MM}] mm; the "
