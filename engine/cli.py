@@ -12,10 +12,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from engine import __version__
 from engine.errors import EngineError
+from engine.utils import signals
+from engine.utils.cliargs import fold, int_at_least, non_negative_int, output_path, positive_int
 
 log = logging.getLogger("engine")
 
@@ -240,6 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.training.callbacks import JsonLinesProgress, TqdmProgress
 
     task = _task(args.task)
+    _check_fold(args)
     options = task.options_from_args("train", args)
     plan = None
     if args.plan:
@@ -250,8 +253,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         plan = make_plan(extract_fingerprint(RawDataset.load(args.data)), args.task, spacing=args.target_spacing)
     progress = JsonLinesProgress(min_interval_s=1.0) if args.progress == "json" else TqdmProgress()
-    bundle = task.train(args.data, args.out, plan=plan, callbacks=[progress], overwrite=args.overwrite,
-                        command=_command_line(), resume=args.resume, **options)
+    from engine.pipelines.outputs import lock_output
+
+    out = Path(args.out).expanduser().absolute()  # the bundle replaces the folder: lock beside it
+    with lock_output(out, out.parent / f".{out.name}.oncostaging.lock"):
+        bundle = task.train(args.data, args.out, plan=plan, callbacks=[progress], overwrite=args.overwrite,
+                            command=_command_line(), resume=args.resume, **options)
     variant = bundle.architecture.get("variant")
     print(f"Model {bundle.id} {bundle.version}{f' ({variant})' if variant else ''} written to {bundle.path}")
     for phase, values in bundle.metrics.items():
@@ -259,6 +266,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  {phase}: " + ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}"
                                               for k, v in values.items() if isinstance(v, (int, float))))
     return 0
+
+
+def _check_fold(args: argparse.Namespace) -> None:
+    """``--fold`` must name one of the ``--folds`` folds (argparse checks each alone)."""
+    folds = args.folds if args.folds is not None else 5
+    if args.fold != "all" and int(args.fold) >= folds:
+        raise EngineError(f"--fold {args.fold} does not exist with {folds} folds: choose 0 to {folds - 1}, "
+                          "or 'all' to train on every case.")
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -291,6 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise EngineError(f"Input '{source}' does not exist.")
+    _quiet_itk(args.verbose)
     if _is_batch_input(source):
         update, close = _tqdm_progress("Segment & Stage")
         try:
@@ -299,16 +315,42 @@ def cmd_run(args: argparse.Namespace) -> int:
                                      **options)
         finally:
             close()
-        print(f"Batch summary written to {summary}")
-        return 0
+        return _report_batch(summary)
     result = task.segment(source, args.out, args.model, device=args.device, gradcam=not args.no_gradcam,
                           overwrite=args.overwrite, progress=_step_progress(args.progress),
                           series_uid=args.series_uid, **options)
-    print(format_staging_result(result.report, result.out_dir))
+    print(format_staging_result(result.report, result.out_dir, result.files))
     return 0
 
 
-def format_staging_result(report: dict, out_dir: Path) -> str:
+def _report_batch(summary: Path) -> int:
+    """Print where the summary is and which cases failed; status 1 when any did."""
+    from engine.pipelines.runner import read_summary
+
+    rows = read_summary(summary)
+    failed = [r for r in rows if r.get("status") != "ok"]
+    print(f"Batch summary written to {summary}: {len(rows) - len(failed)} of {len(rows)} case(s) done")
+    if failed:
+        print(f"{len(failed)} case(s) failed:")
+        for r in failed:
+            print(f"  {r.get('case')}: {r.get('error') or r.get('status')}")
+    return 1 if failed else 0
+
+
+def _quiet_itk(verbose: bool) -> None:
+    """ITK prints its own warnings (e.g. on odd file headers) before the engine's error line; the
+    engine reports what matters itself, so they show only with --verbose."""
+    if verbose:
+        return
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    except (ImportError, AttributeError):  # pragma: no cover - SimpleITK is a dependency
+        pass
+
+
+def format_staging_result(report: dict, out_dir: Path, files: dict[str, Path] | None = None) -> str:
     """What ``engine run`` prints: the stage (for a staging task), volumes, warnings, model and files."""
     lines = []
     if report.get("predicted_stage") is not None:
@@ -317,17 +359,23 @@ def format_staging_result(report: dict, out_dir: Path) -> str:
     lines.append("Volumes (cm³): " + ", ".join(f"{k} {v:.2f}" for k, v in report["volumes_cm3"].items()))
     lines += [f"Warning: {w}" for w in report["warnings"]]
     lines.append(f"Model: {report['model']['id']} {report['model']['version']} ({report['model']['intended_use']})")
-    lines.append(f"Outputs in {out_dir}: " + ", ".join(sorted(p.name for p in Path(out_dir).iterdir()
-                                                             if not p.name.startswith("."))))
+    names = (sorted(Path(p).name for p in files.values()) if files is not None
+             else sorted(p.name for p in Path(out_dir).iterdir() if not p.name.startswith(".")))
+    lines.append(f"Outputs in {out_dir}: " + ", ".join(names))
     return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.pipelines.outputs import check_output_dir, lock_output
+
     task = _task_of(args)
+    _quiet_itk(args.verbose)
+    out = check_output_dir(args.out, overwrite=True)
     update, close = _tqdm_progress("evaluating")
     try:
-        files = task.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
-                              progress=update, tta=args.tta, **task.options_from_args("evaluate", args))
+        with lock_output(out):
+            files = task.evaluate(args.data, args.out, args.model, device=args.device, overwrite=args.overwrite,
+                                  progress=update, tta=args.tta, **task.options_from_args("evaluate", args))
     finally:
         close()
     md = files.get("metrics.md")
@@ -339,7 +387,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------------
 
-class _TaskCommandParser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one ``error:`` line (status 2), like every other user error."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"error: {message} ('{self.prog} --help' lists the options)\n")
+
+
+class _TaskCommandParser(_Parser):
     """A command's parser that adds the options of the task named by ``--task`` before parsing, so each
     task brings its own options without the command line knowing them."""
 
@@ -380,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.tasks import phantom_task_names, task_names
 
     tasks, phantoms = task_names(), phantom_task_names()
-    p = argparse.ArgumentParser(prog="python -m engine",
+    p = _Parser(prog="python -m engine",
                                 description="OncoStaging engine: cancer segmentation and T-staging.")
     p.add_argument("--version", action="version", version=f"oncostaging-engine {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
@@ -408,10 +463,10 @@ def _add_data_commands(sub, tasks: Sequence[str], phantoms: Sequence[str]) -> No
 
     s = _command(sub, "synth", help="write a synthetic phantom dataset (deterministic by seed)")
     s.add_argument("--task", required=True, choices=phantoms)
-    s.add_argument("--cases", type=int, required=True, help="number of training cases")
-    s.add_argument("--test-cases", type=int, default=0, help="additional unlabelled cases in imagesTs/")
+    s.add_argument("--cases", type=positive_int, required=True, help="number of training cases")
+    s.add_argument("--test-cases", type=non_negative_int, default=0, help="additional unlabelled cases in imagesTs/")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help="new or empty output folder")
+    s.add_argument("--out", type=output_path, required=True, help="new or empty output folder")
     s.add_argument("--preset", choices=PRESETS, default="small",
                    help="small: fast, for tests and CPU training; realistic: paper-sized volumes")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
@@ -419,7 +474,7 @@ def _add_data_commands(sub, tasks: Sequence[str], phantoms: Sequence[str]) -> No
 
     s = _command(sub, "plan", help="fingerprint a dataset and write the training plan (JSON)")
     s.add_argument("dataset")
-    s.add_argument("--out", required=True, help="plan file to write, e.g. plan.json")
+    s.add_argument("--out", type=output_path, required=True, help="plan file to write, e.g. plan.json")
     s.add_argument("--task", choices=tasks, help="task (default: inferred from modality and labels)")
     s.add_argument("--skip-validation", action="store_true", help="plan even if validation finds problems")
     s.add_argument("--overwrite", action="store_true")
@@ -427,16 +482,16 @@ def _add_data_commands(sub, tasks: Sequence[str], phantoms: Sequence[str]) -> No
 
     s = _command(sub, "splits", help="write stratified k-fold cross-validation splits (splits.json)")
     s.add_argument("dataset")
-    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--folds", type=int_at_least(2), default=5)
     s.add_argument("--seed", type=int, default=12345)
-    s.add_argument("--out", help="default: DATASET/splits.json")
+    s.add_argument("--out", type=output_path, help="default: DATASET/splits.json")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_splits)
 
     s = _command(sub, "convert-openkbp", help="turn OpenKBP pt_N/{ct,labels}.nii.gz folders into a dataset")
     s.add_argument("source", help="folder holding pt_1, pt_2, ...")
-    s.add_argument("--out", required=True)
-    s.add_argument("--cases", type=int, help="convert only the first N patients (sorted by number)")
+    s.add_argument("--out", type=output_path, required=True)
+    s.add_argument("--cases", type=positive_int, help="convert only the first N patients (sorted by number)")
     s.add_argument("--include-ptv", action="store_true", help="keep PTV56/63/70 labels (default: organs 1-7)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_openkbp)
@@ -450,11 +505,13 @@ def _add_training_commands(sub, tasks: Sequence[str]) -> None:
                                                     "(--task T --help lists the task's own options)")
     s.add_argument("--task", required=True, choices=tasks)
     s.add_argument("--data", required=True, help="dataset folder (nnU-Net raw layout + stages.csv)")
-    s.add_argument("--out", required=True, help="model bundle folder to write")
-    s.add_argument("--epochs", type=int, default=None, help="epochs of every training phase (default: the task's)")
+    s.add_argument("--out", type=output_path, required=True, help="model bundle folder to write")
+    s.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs of every training phase (default: the task's)")
     s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    s.add_argument("--fold", default="0", help="cross-validation fold to hold out, or 'all' to train on everything")
-    s.add_argument("--folds", type=int, help="number of folds (default 5)")
+    s.add_argument("--fold", type=fold, default="0",
+                   help="cross-validation fold to hold out (0 to FOLDS-1), or 'all' to train on everything")
+    s.add_argument("--folds", type=int_at_least(2), help="number of folds (default 5)")
     s.add_argument("--seed", type=int)
     s.add_argument("--plan", help="use this plan.json instead of planning the dataset")
     s.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
@@ -476,7 +533,7 @@ def _add_training_commands(sub, tasks: Sequence[str]) -> None:
     s.add_argument("--models", required=True, nargs="+", metavar="MODEL",
                    help="two or more model folders or ids, each trained with --segmentation-from the same "
                         "model (e.g. other folds or seeds); the first gives the segmentation and defaults")
-    s.add_argument("--out", required=True, help="model bundle folder to write")
+    s.add_argument("--out", type=output_path, required=True, help="model bundle folder to write")
     s.add_argument("--model-id", help="bundle id (default: the first model's)")
     s.add_argument("--version", help="bundle version (default: the first model's)")
     s.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
@@ -492,7 +549,7 @@ def _add_inference_commands(sub, tasks: Sequence[str]) -> None:
     s = _command(sub, "run", "run", help="Segment & Stage an image (file, DICOM folder) or a batch (folder/CSV)")
     s.add_argument("--task", choices=tasks, help="default: the task of the --model bundle")
     s.add_argument("--input", required=True, help="image file, DICOM series folder, folder of images or CSV list")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", type=output_path, required=True, help="output folder")
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
     s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat map")
@@ -506,7 +563,7 @@ def _add_inference_commands(sub, tasks: Sequence[str]) -> None:
     s.add_argument("--task", choices=tasks, help="default: the task of the --model bundle")
     s.add_argument("--data", required=True)
     s.add_argument("--model", help="bundle folder/zip or installed model id (default: newest installed or demo)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", type=output_path, required=True)
     s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     s.add_argument("--tta", choices=TTA_MODES, default="all", help=TTA_HELP)
     s.add_argument("--overwrite", action="store_true")
@@ -541,12 +598,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with signals.handle_signals():
+            return int(args.func(args) or 0)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except signals.Interrupted as exc:
+        print(f"cancelled ({exc}); nothing half-written was left behind", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
+        print("cancelled; nothing half-written was left behind", file=sys.stderr)
         return 130
 
 

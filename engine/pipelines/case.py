@@ -167,12 +167,28 @@ def segment_case(task: "Task", source: str | Path | Image, out_dir: str | Path,
     """
     t0 = time.perf_counter()
     out = outputs.check_output_dir(out_dir, overwrite)
+    with outputs.lock_output(out):  # also proves the folder writable before the model is loaded
+        outputs.remove_stale_staging(out)
+        return _segment_locked(task, source, out, load_predictor, t0, gradcam=gradcam, overwrite=overwrite,
+                               progress=progress, cancel=cancel, series_uid=series_uid, check_input=check_input,
+                               report=report, **predict_options)
+
+
+def _segment_locked(task: "Task", source: str | Path | Image, out: Path, load_predictor: Callable[[], Predictor],
+                    t0: float, *, gradcam: bool, overwrite: bool, progress: "ProgressFn | None",
+                    cancel: "CancelFn | None", series_uid: str | None,
+                    check_input: Callable[[Image], None] | None, report: ReportBuilder | None,
+                    **predict_options: Any) -> RunResult:
+    """:func:`segment_case` once the output folder is locked."""
     image, name = read_input(source, series_uid, task.modality)
     if check_input is not None:
         check_input(image)
     predictor = load_predictor()
     prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel,
                                    **predict_options)
+    if task.field_of_view is not None:  # any scan runs; one that cannot hold the anatomy is flagged
+        prediction.warnings += task.field_of_view.warnings(task.name, image.shape, image.spacing,
+                                                           image.direction)
     bundle = predictor.bundle
     content = (report(prediction, bundle, image, name) if report is not None
                else build_report(task.name, prediction, bundle, image, name))
@@ -186,9 +202,9 @@ def segment_case(task: "Task", source: str | Path | Image, out_dir: str | Path,
                                 "total": round(time.perf_counter() - t0, 3)}
         outputs.write_json(path, content)
 
+    files = outputs.write_all(out, writers, last={outputs.REPORT_FILE: write_report})
     if overwrite and prediction.gradcam is None and (out / outputs.GRADCAM_FILE).exists():
         (out / outputs.GRADCAM_FILE).unlink()  # a stale heat map must not pass for this run's
-    files = outputs.write_all(out, writers, last={outputs.REPORT_FILE: write_report})
     log.info("Segment & Stage: %s → %s (%s)", name, prediction.predicted_stage, out)
     return RunResult(out, files, content, prediction)
 
@@ -213,5 +229,5 @@ def _result_writers(task: "Task", image: Image, prediction: Prediction, bundle: 
     title = f"{Path(name).name}{found} ({bundle.id} {bundle.version})"
     writers[outputs.OVERVIEW_FILE] = lambda p: render_overview(
         image, labels, cam.array if cam is not None else None, segments, prediction.stage_probabilities, p,
-        focus_label=focus, title=title)
+        focus_label=focus, title=title, warnings=prediction.warnings)
     return writers

@@ -21,7 +21,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from engine.errors import EngineError
 from engine.io.image import READABLE_SUFFIXES
 from engine.io.segmentation_nrrd import SegmentInfo
+from engine.pipelines.locking import LOCK_FILE, OutputBusy, lock_output  # noqa: F401  (re-exported)
 from engine.registry.bundle import Label
+from engine.utils import signals
+from engine.utils.atomic import apply_umask
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
 RUN_FILES = (SEGMENTATION_FILE, SLICER_SEGMENTATION_FILE, GRADCAM_FILE, REPORT_FILE, OVERVIEW_FILE)
 SUMMARY_FILE = "summary.csv"
+STAGING_PREFIX = ".staging-"
 
 #: Slicer's terminology context for anatomy codes (what the segment editor writes for SNOMED CT anatomy).
 _SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -40,13 +44,15 @@ _ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
 
 def check_output_dir(out_dir: str | os.PathLike, overwrite: bool, files: Sequence[str] = RUN_FILES) -> Path:
     """Refuse an output folder that already holds results of a run, unless ``overwrite``."""
+    if not str(out_dir).strip():
+        raise EngineError("The output folder is empty; name a folder for the results.")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise EngineError(f"Output path '{out}' is a file; choose a folder for the results.")
     existing = [f for f in files if (out / f).exists()]
     if existing and not overwrite:
         raise EngineError(f"'{out}' already holds results of another run ({', '.join(existing)}); choose a "
-                          "new output folder or pass --overwrite (overwrite=True) to replace them.")
+                          "new output folder, or allow replacing them (--overwrite).")
     return out
 
 
@@ -57,14 +63,17 @@ def write_all(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]],
     ``writers`` run concurrently in threads — compressing images (SimpleITK and zlib release the GIL)
     and rendering the figure overlap, which saves a good part of the writing time of a run — and
     ``last`` after all of them (a report that records how long writing took). Any exception (including
-    cancellation) removes the staging folder once every writer has stopped; ``out_dir`` is untouched.
+    a stop signal) removes the staging folder once every writer thread has stopped — removing it under
+    a running writer, or leaving the process with writers still inside native code, is what aborts
+    the interpreter — so ``out_dir`` is untouched. Files get the permissions the umask asks for.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     names = [*writers, *(last or {})]
+    pool = ThreadPoolExecutor(max_workers=max(1, len(writers)))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(writers))) as pool:  # leaving it waits for all
-            futures = [pool.submit(writer, staging / name) for name, writer in writers.items()]
+        futures = [pool.submit(writer, staging / name) for name, writer in writers.items()]
+        pool.shutdown(wait=True)
         for future in futures:
             future.result()  # the first writer's error, raised after all have finished
         for name, writer in (last or {}).items():
@@ -72,13 +81,34 @@ def write_all(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]],
         missing = [name for name in names if not (staging / name).is_file()]
         if missing:
             raise RuntimeError(f"writer for {', '.join(missing)} produced no file")
-        written = {}
         for name in names:
-            os.replace(staging / name, out_dir / name)
-            written[name] = out_dir / name
+            apply_umask(staging / name)
+        written = {}
+        with signals.deferred():  # all files move, or none
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+                written[name] = out_dir / name
         return written
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a signal may have cut the first wait short
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove staging folders a killed run left in ``out_dir``; call only while holding its lock (so
+    no live run of this engine is writing into them)."""
+    removed = []
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        tmp = out_dir / (SUMMARY_FILE + ".tmp")
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+    if removed:
+        log.info("Removed %d unfinished staging folder(s) left in %s by a stopped run.", len(removed), out_dir)
+    return removed
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -143,4 +173,5 @@ def write_summary_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+    with signals.deferred():
+        os.replace(tmp, path)

@@ -36,33 +36,59 @@ def run_batch(task: "Task", source: str | Path, out_dir: str | Path, model: Any 
               progress: Callable[[int, int, str], None] | None = None, cancel: "CancelFn | None" = None,
               **options: Any) -> Path:
     """Segment & Stage every input of a folder or CSV list into ``out_dir/<case>/`` and write one
-    ``summary.csv``; a failed case is a row with its error and the batch goes on."""
+    ``summary.csv`` whose ``status`` column says ok, error or cancelled for each case; a failed case
+    is a row with its error and the batch goes on. The batch folder is locked and checked writable
+    before the model is loaded; a cancelled batch still writes the summary of what it did."""
     inputs = outputs.list_inputs(source)
-    out = Path(out_dir).expanduser()
+    out = outputs.check_output_dir(out_dir, overwrite=True)
     summary = out / outputs.SUMMARY_FILE
     if summary.exists() and not overwrite:
-        raise EngineError(f"'{out}' already holds a batch summary; choose a new folder or pass --overwrite.")
-    predictor = task.load_predictor(model, device)
-    rows = []
-    for i, path in enumerate(inputs):
-        if cancel is not None and cancel():
-            raise Cancelled(f"batch cancelled after {i} of {len(inputs)} case(s)")
-        name = outputs.case_name(path)
-        if progress is not None:
-            progress(i, len(inputs), name)
-        row: dict[str, Any] = {"case": name, "input": str(path)}
+        raise EngineError(f"'{out}' already holds a batch summary; choose a new folder, or allow replacing "
+                          "it (--overwrite).")
+    with outputs.lock_output(out):
+        outputs.remove_stale_staging(out)
+        predictor = task.load_predictor(model, device)
+        rows: list[dict[str, Any]] = []
         try:
-            result = task.segment(path, out / name, predictor, gradcam=gradcam, overwrite=overwrite,
-                                  cancel=cancel, **options)
-            row.update(summary_row(result.report))
-        except Cancelled:
+            for i, path in enumerate(inputs):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"batch cancelled after {i} of {len(inputs)} case(s)")
+                if progress is not None:
+                    progress(i, len(inputs), outputs.case_name(path))
+                rows.append(_run_case(task, path, out, predictor, gradcam=gradcam, overwrite=overwrite,
+                                      cancel=cancel, **options))
+        except (Cancelled, KeyboardInterrupt):
+            rows += [{"case": outputs.case_name(p), "input": str(p), "status": "cancelled"}
+                     for p in inputs[len(rows):]]
+            outputs.write_summary_csv(summary, rows)
             raise
-        except EngineError as exc:
-            log.error("%s: %s", name, exc)
-            row.update({"status": "error", "error": str(exc)})
-        rows.append(row)
-    if progress is not None:
-        progress(len(inputs), len(inputs), "")
-    out.mkdir(parents=True, exist_ok=True)
-    outputs.write_summary_csv(summary, rows)
+        if progress is not None:
+            progress(len(inputs), len(inputs), "")
+        outputs.write_summary_csv(summary, rows)
     return summary
+
+
+def _run_case(task: "Task", path: Path, out: Path, predictor: Any, **options: Any) -> dict[str, Any]:
+    """One case of a batch as its ``summary.csv`` row; an error is the row's, not the batch's."""
+    name = outputs.case_name(path)
+    row: dict[str, Any] = {"case": name, "input": str(path)}
+    try:
+        result = task.segment(path, out / name, predictor, **options)
+        row.update(summary_row(result.report))
+    except Cancelled:
+        raise
+    except EngineError as exc:
+        log.error("%s: %s", name, exc)
+        row.update({"status": "error", "error": str(exc)})
+    except Exception as exc:  # a bug or a system error in one case must not lose the others' rows
+        log.error("%s: unexpected %s: %s", name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        row.update({"status": "error", "error": f"unexpected error: {exc}"})
+    return row
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``summary.csv``."""
+    import csv
+
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

@@ -86,3 +86,29 @@ def check_target(out_dir: Path, overwrite: bool, what: str, error: type[Exceptio
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise error(f"{out_dir} already exists and is not empty; {what} would replace it. "
                         "Choose another folder, remove it, or pass overwrite=True.")
+
+
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it where the platform allows (setting
+    it to read it back races with threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path, directory: bool | None = None) -> None:
+    """Give ``path`` the permissions an ordinary ``open``/``mkdir`` would have given it.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600 files and 0700 folders whatever the umask; a result
+    moved into place from one would be unreadable by the user's group. Call this before the move.
+    """
+    path = Path(path)
+    is_dir = path.is_dir() if directory is None else directory
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())

@@ -5,26 +5,27 @@ from __future__ import annotations
 import argparse
 
 from engine.tasks.esophagus.options import CLASSIFIER_CHECKPOINTS, TrainOptions
+from engine.utils.cliargs import non_negative_int, positive_int
 
 SEGMENTATION_LOSSES = ("focal", "focal+dice")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("EsophagusStaging (nn-TransEC) training")
-    g.add_argument("--lowres-epochs", type=int, help="epochs of the low-resolution segmentation phase")
-    g.add_argument("--fullres-epochs", type=int, help="epochs of the full-resolution segmentation phase")
-    g.add_argument("--classifier-epochs", type=int, help="epochs of the stage-classification phase")
+    g.add_argument("--lowres-epochs", type=non_negative_int, help="epochs of the low-resolution segmentation phase")
+    g.add_argument("--fullres-epochs", type=non_negative_int, help="epochs of the full-resolution segmentation phase")
+    g.add_argument("--classifier-epochs", type=positive_int, help="epochs of the stage-classification phase")
     g.add_argument("--classifier-checkpoint", choices=CLASSIFIER_CHECKPOINTS,
                    help="classifier to keep: the last epoch's (default) or the one with the best validation "
                         "macro AUC (needs --fold N)")
-    g.add_argument("--steps-per-epoch", type=int, help="segmentation iterations per epoch (default 50)")
-    g.add_argument("--batch-size", type=int, help="segmentation batch size (default: the plan's)")
-    g.add_argument("--num-workers", type=int,
+    g.add_argument("--steps-per-epoch", type=positive_int, help="segmentation iterations per epoch (default 50)")
+    g.add_argument("--batch-size", type=positive_int, help="segmentation batch size (default: the plan's)")
+    g.add_argument("--num-workers", type=non_negative_int,
                    help="data-loading worker processes (default 0: load in the training process; on a GPU "
                         "machine a few workers keep the GPU fed)")
-    g.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
-    g.add_argument("--base-features", type=int, help="channels of the first stage (plan default 32)")
-    g.add_argument("--max-features", type=int, help="channel cap (plan default 320)")
+    g.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5)")
+    g.add_argument("--base-features", type=positive_int, help="channels of the first stage (plan default 32)")
+    g.add_argument("--max-features", type=positive_int, help="channel cap (plan default 320)")
     g.add_argument("--seg-loss", choices=SEGMENTATION_LOSSES,
                    help="segmentation loss: 'focal' is the paper's; default 'focal+dice'")
     g.add_argument("--perturb-prior", action="store_true",

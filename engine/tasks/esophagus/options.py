@@ -91,8 +91,8 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.classifier_checkpoint not in CLASSIFIER_CHECKPOINTS:
-            raise TrainingError(f"classifier_checkpoint must be one of {CLASSIFIER_CHECKPOINTS}, "
-                                f"got {self.classifier_checkpoint!r}.")
+            raise TrainingError(f"The classifier checkpoint (--classifier-checkpoint) must be one of "
+                                f"{', '.join(CLASSIFIER_CHECKPOINTS)}, not '{self.classifier_checkpoint}'.")
         if self.classifier_checkpoint == "best" and self.fold is None:
             raise TrainingError("Keeping the best classifier needs a validation fold to judge it by; "
                                 "choose --fold N instead of 'all', or keep the final classifier.")
@@ -102,9 +102,24 @@ class TrainOptions:
                      "classifier_batch_size", "val_every"):
             least = 0 if self.segmentation_from and name in ("lowres_epochs", "fullres_epochs") else 1
             if getattr(self, name) < least:
-                raise TrainingError(f"{name} must be ≥ {least}, got {getattr(self, name)}"
+                raise TrainingError(f"{_option(name)} must be at least {least}, not {getattr(self, name)}"
                                     + (" (0 keeps a phase's network, which needs --segmentation-from)."
                                        if getattr(self, name) == 0 else "."))
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """The values a command line could get wrong that the per-phase checks above do not cover."""
+        for name in ("batch_size", "base_features", "max_features"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainingError(f"{_option(name)} must be at least 1, not {value}.")
+        if self.num_workers < 0:
+            raise TrainingError(f"{_option('num_workers')} must be 0 or more, not {self.num_workers}.")
+        if self.folds < 2:
+            raise TrainingError(f"Cross-validation needs at least 2 folds (--folds), not {self.folds}.")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise TrainingError(f"Fold {self.fold} (--fold) does not exist with {self.folds} folds: choose 0 to "
+                                f"{self.folds - 1}, or 'all' to train on every case.")
 
     @property
     def variant(self) -> str:
@@ -118,3 +133,8 @@ class TrainOptions:
     def uses_krt(self) -> bool:
         """Whether the classifier sees the KRT crop (else the whole volume)."""
         return self.krt and not self.direct_3d
+
+
+def _option(name: str) -> str:
+    """How the command line spells a :class:`TrainOptions` field."""
+    return "--" + name.replace("_", "-")
