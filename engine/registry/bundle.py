@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import engine
 from engine.errors import BundleError
 from engine.registry.archive import extract_bundle_zip
-from engine.registry.manifest import (DEMO_INTENDED_USE, FORMAT_VERSION, HALF_PRECISION_STORAGE,
-                                      MANIFEST_NAME, MODEL_CARD_NAME, REQUIRED_KEYS, Label, ModelBundle,
-                                      check_task, check_weights, manifest_to_bundle, read_manifest,
+from engine.registry.manifest import (CARD_KEY, CHECKSUM_KEY, DEMO_INTENDED_USE, FORMAT_VERSION,
+                                      HALF_PRECISION_STORAGE, MANIFEST_NAME, MODEL_CARD_NAME, REQUIRED_KEYS,
+                                      Label, ModelBundle, check_integrity, check_task, check_weights,
+                                      file_record, manifest_checksum, manifest_to_bundle, read_manifest,
                                       sha256_file, weights_file_name)
 from engine.utils.atomic import check_target, replace_dir
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "DEMO_INTENDED_USE", "HALF_PRECISION_STORAGE", "Label", "ModelBundle", "check_bundle_target",
-    "half_precision", "load_bundle", "save_bundle",
+    "half_precision", "load_bundle", "save_bundle", "seal_bundle",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ def load_bundle(path: str | os.PathLike, expected_task: str | None = None,
                 verify: bool = True) -> ModelBundle:
     """Open and validate a bundle folder, its model.json, or a ``.zip``; refuse anything untrustworthy.
 
-    ``verify=False`` skips only the sha256 (files must still exist with the recorded size): listing
-    many large models in a GUI should not re-hash gigabytes each time.
+    ``verify=False`` skips only the weights' sha256 (they must still exist with the recorded size):
+    listing many large models in a GUI should not re-hash gigabytes each time. model.json and the model
+    card are checked against their checksums always.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -65,7 +67,9 @@ def load_bundle(path: str | os.PathLike, expected_task: str | None = None,
         return _load_zip(p, expected_task, verify)
     if expected_task is not None:
         check_task(expected_task)
-    bundle = manifest_to_bundle(read_manifest(p), p, expected_task=expected_task)
+    raw = read_manifest(p)
+    bundle = manifest_to_bundle(raw, p, expected_task=expected_task)
+    check_integrity(p, raw, bundle.id)  # model.json and model card: small, so always
     check_weights(p, bundle.weights, bundle.id, hash_files=verify)
     if verify:
         log.debug("Verified sha256 of %d weights file(s) of %s %s", len(bundle.weights), bundle.id,
@@ -187,13 +191,58 @@ def _write_folder(tmp: Path, manifest: dict[str, Any], files: Mapping[str, str],
         save_file(state, fpath, metadata={"format": "pt"})
         records.append({"file": file, "sha256": sha256_file(fpath), "bytes": fpath.stat().st_size})
     manifest["weights"] = records
+    manifest[CARD_KEY] = None
     if model_card is not None:
         (tmp / MODEL_CARD_NAME).write_text(model_card, encoding="utf-8")
-    text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    mtmp = tmp / (MANIFEST_NAME + ".part")
-    mtmp.write_text(text, encoding="utf-8")
-    os.replace(mtmp, tmp / MANIFEST_NAME)
+        manifest[CARD_KEY] = file_record(tmp / MODEL_CARD_NAME)
+    _write_manifest(tmp, manifest)
     os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; a shipped/shared model folder should be readable
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """model.json with its ``manifest_sha256``, written atomically (temp file, then rename)."""
+    manifest = json.loads(json.dumps(manifest, allow_nan=False))  # the checksum is of what is read back
+    manifest.pop(CHECKSUM_KEY, None)
+    manifest[CHECKSUM_KEY] = manifest_checksum(manifest)
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    mtmp = folder / (MANIFEST_NAME + ".part")
+    mtmp.write_text(text, encoding="utf-8")
+    os.replace(mtmp, folder / MANIFEST_NAME)
+
+
+def seal_bundle(path: str | os.PathLike, force: bool = False) -> ModelBundle:
+    """Record the checksums of model.json and MODEL_CARD.md in a bundle saved by an older engine.
+
+    Safe only for a copy the user trusts, and checked as far as possible: model.json must be valid
+    and every weights file must match the sha256 model.json already records, so corrupt weights are
+    never blessed. A bundle whose existing checksums do not match (model.json or the card edited
+    after sealing) is refused unless ``force``: whoever edited it on purpose says so explicitly.
+    """
+    p = Path(path).expanduser()
+    if p.is_file() and p.name == MANIFEST_NAME:
+        p = p.parent
+    if not p.is_dir():
+        raise BundleError(f"{p} is not a bundle folder; seal works on a folder holding {MANIFEST_NAME} "
+                          "(import or unzip a .zip first).")
+    raw = read_manifest(p)
+    bundle = manifest_to_bundle(raw, p)
+    check_weights(p, bundle.weights, bundle.id, hash_files=True)
+    if raw.get(CHECKSUM_KEY) is not None:
+        try:
+            check_integrity(p, raw, bundle.id)
+            log.info("Model bundle %s is already sealed and intact; nothing changed.", p)
+            return load_bundle(p, verify=False)
+        except BundleError as exc:
+            if not force:
+                raise BundleError(f"{exc} Sealing would record the edited files as the reference, so it is "
+                                  "refused; if you made this change yourself and trust it, seal with "
+                                  "--force.") from None
+    card = p / MODEL_CARD_NAME
+    manifest = dict(raw)
+    manifest[CARD_KEY] = file_record(card) if card.is_file() and not card.is_symlink() else None
+    _write_manifest(p, manifest)
+    log.info("Sealed model bundle %s: checksums of %s and %s recorded.", p, MANIFEST_NAME, MODEL_CARD_NAME)
+    return load_bundle(p, verify=False)
 
 
 def save_bundle(

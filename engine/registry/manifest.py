@@ -25,6 +25,21 @@ segmentations. Weights are safetensors only; nothing here ever unpickles.
     weights         [{"file": "<name>.safetensors", "sha256": hex, "bytes": int}, ...] (one or more)
     created         ISO 8601 date or date-time
     engine_version  version of the engine that wrote the bundle
+    model_card      {"file": "MODEL_CARD.md", "sha256": hex, "bytes": int}, or null for a bundle without one
+    manifest_sha256 sha256 of model.json itself: of the UTF-8 canonical JSON (keys sorted, no spaces,
+                    ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``) of
+                    every key except ``manifest_sha256``
+
+Integrity: every file of a bundle is covered by a checksum. The weights and the model card have their
+sha256 in model.json, and ``manifest_sha256`` covers model.json (and so those checksums too), so an
+edited intensity normalisation, label, model card or weights file is refused, naming the file, on
+every load (the manifest and card on every load, the weights' sha256 unless a fast listing asks not
+to) and by ``engine models verify``. Formatting model.json differently (indentation, key order)
+changes nothing. This detects accidents and edits, not a forger who recomputes the checksums: only
+use bundles from sources you trust. Bundles saved before ``manifest_sha256`` existed are refused
+with advice: ``python -m engine models seal FOLDER`` checks their weights against model.json and
+then records the checksums (:func:`engine.registry.bundle.seal_bundle`). Files a bundle folder holds
+beyond these (say, a ``.DS_Store``) are never read, so they are ignored.
 
 This module imports neither torch nor MONAI (the Slicer module lists models and reads model cards
 with it); reading weights imports torch inside :meth:`ModelBundle.load_state_dict`.
@@ -32,6 +47,7 @@ with it); reading weights imports torch inside :meth:`ModelBundle.load_state_dic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -56,6 +72,11 @@ MODALITIES = ("CT", "MR", "PT")
 #: ``weights_dtype`` of :func:`~engine.registry.bundle.save_bundle` that halves the files: floating
 #: tensors are rounded to float16 (relative error ≤ 2⁻¹¹) and widened back to float32 on loading.
 HALF_PRECISION_STORAGE = "float16"
+
+#: model.json keys of the integrity checksums (see the module docstring); written by save_bundle.
+CARD_KEY = "model_card"
+CHECKSUM_KEY = "manifest_sha256"
+SEAL_HINT = "python -m engine models seal"
 
 REQUIRED_KEYS = (
     "format_version", "id", "name", "version", "task", "architecture", "plan", "labels", "stages",
@@ -141,6 +162,10 @@ class ModelBundle:
     created: str
     engine_version: str
     path: Path
+    #: The model card's checksum record (None: the bundle has no model card).
+    model_card_file: WeightFile | None = None
+    #: sha256 of model.json's canonical JSON (see the module docstring).
+    manifest_sha256: str | None = None
     #: Unknown top-level keys of model.json, kept so re-exporting a newer minor format loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
     #: The temporary extraction folder of a bundle loaded straight from a zip, kept alive with it.
@@ -184,6 +209,9 @@ class ModelBundle:
             "created": self.created, "engine_version": self.engine_version,
         }
         d.update(self.extra)
+        d[CARD_KEY] = self.model_card_file.to_dict() if self.model_card_file else None
+        if self.manifest_sha256 is not None:
+            d[CHECKSUM_KEY] = self.manifest_sha256
         return d
 
     # -- weights
@@ -199,7 +227,11 @@ class ModelBundle:
         return self.path / self.weight_file(name).file
 
     def verify(self) -> None:
-        """Re-check presence, size and sha256 of every weights file (raises :class:`BundleError`)."""
+        """Re-check model.json, the model card and every weights file (raises :class:`BundleError`)."""
+        raw = read_manifest(self.path)
+        check_integrity(self.path, raw, self.id)
+        if raw.get(CHECKSUM_KEY) != self.manifest_sha256:
+            raise _err(self.path, f"{MANIFEST_NAME} was replaced after the model was loaded.", REINSTALL_HINT)
         check_weights(self.path, self.weights, self.id, hash_files=True)
 
     def load_state_dict(self, name: str, device: str | torch.device = "cpu",
@@ -327,6 +359,60 @@ def check_weights(folder: Path, weights: Sequence[WeightFile], model_id: str, ha
                     f"model is refused. {REINSTALL_HINT}")
 
 
+def manifest_checksum(raw: Mapping[str, Any]) -> str:
+    """sha256 of model.json's canonical JSON without :data:`CHECKSUM_KEY` (independent of formatting)."""
+    body = {k: v for k, v in raw.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """The ``{"file", "sha256", "bytes"}`` checksum record of a file of the bundle."""
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def unsealed_message(folder: Path) -> str:
+    """Why a bundle without ``manifest_sha256`` is refused, and the command that fixes it."""
+    return (f"Model bundle {folder}: {MANIFEST_NAME} has no checksum of itself and of {MODEL_CARD_NAME} "
+            f"(the bundle was saved by an older engine), so edits to them could not be detected and the "
+            f"model is refused. If you trust this copy, record the checksums with `{SEAL_HINT} {folder}` "
+            f"(it first checks the weights against {MANIFEST_NAME}); otherwise get a fresh copy.")
+
+
+def check_integrity(folder: Path, raw: Mapping[str, Any], model_id: str) -> None:
+    """model.json against its ``manifest_sha256`` and MODEL_CARD.md against its record (cheap: small files)."""
+    recorded = raw.get(CHECKSUM_KEY)
+    if recorded is None:
+        raise BundleError(unsealed_message(folder))
+    if not isinstance(recorded, str) or recorded.lower() != manifest_checksum(raw):
+        raise BundleError(
+            f"Model bundle {folder} ('{model_id}'): {MANIFEST_NAME} was edited after the bundle was saved "
+            f"(its content no longer matches its {CHECKSUM_KEY}), so the model is refused: a changed "
+            f"setting such as the intensity normalisation would silently change every result. Restore the "
+            f"original {MANIFEST_NAME} or {REINSTALL_HINT[0].lower()}{REINSTALL_HINT[1:]}")
+    card = raw.get(CARD_KEY)
+    card_path = folder / MODEL_CARD_NAME
+    if card is None:
+        if card_path.exists():
+            raise BundleError(
+                f"Model bundle {folder} ('{model_id}'): {MODEL_CARD_NAME} was added after the bundle was "
+                f"saved ({MANIFEST_NAME} records no model card), so it is refused. Remove it or "
+                f"{REINSTALL_HINT[0].lower()}{REINSTALL_HINT[1:]}")
+        return
+    if (not isinstance(card, Mapping) or card.get("file") != MODEL_CARD_NAME
+            or not isinstance(card.get("sha256"), str) or not isinstance(card.get("bytes"), int)):
+        raise _err(folder, f"'{CARD_KEY}' must be {{\"file\": \"{MODEL_CARD_NAME}\", \"sha256\", \"bytes\"}} "
+                   "or null.", REINSTALL_HINT)
+    if not card_path.is_file() or card_path.is_symlink():
+        raise BundleError(f"Model bundle {folder} ('{model_id}') is incomplete: {MODEL_CARD_NAME} is missing. "
+                          f"{REINSTALL_HINT}")
+    if card_path.stat().st_size != card["bytes"] or sha256_file(card_path) != card["sha256"].lower():
+        raise BundleError(
+            f"Model bundle {folder} ('{model_id}'): {MODEL_CARD_NAME} was edited after the bundle was saved "
+            f"(it no longer matches the sha256 in {MANIFEST_NAME}), so the model is refused. Restore the "
+            f"original {MODEL_CARD_NAME} or {REINSTALL_HINT[0].lower()}{REINSTALL_HINT[1:]}")
+
+
 def check_task(task: str) -> None:
     """A :class:`BundleError` naming the known tasks when no built-in or plug-in task is called ``task``."""
     try:
@@ -402,13 +488,19 @@ def manifest_to_bundle(raw: Mapping[str, Any], folder: Path,
         raise _err(folder, "'stages' must be null or a list of distinct stage names.", "Fix model.json.")
     labels = _parse_labels(raw["labels"], folder)
     weights = _parse_weights(raw["weights"], folder)
-    extra = {k: v for k, v in raw.items() if k not in REQUIRED_KEYS}
+    extra = {k: v for k, v in raw.items() if k not in REQUIRED_KEYS and k not in (CARD_KEY, CHECKSUM_KEY)}
+    card = raw.get(CARD_KEY)
+    card_file = None
+    if isinstance(card, Mapping) and all(k in card for k in ("file", "sha256", "bytes")):
+        card_file = WeightFile(file=str(card["file"]), sha256=str(card["sha256"]).lower(), bytes=card["bytes"])
+    checksum = raw.get(CHECKSUM_KEY)
     return ModelBundle(
         format_version=fv, id=mid, name=raw["name"], version=version, task=task,
         architecture=dict(arch), plan=dict(raw["plan"]), labels=labels,
         stages=list(stages) if stages is not None else None, modality=modality,
         training=dict(raw["training"]), metrics=dict(raw["metrics"]), intended_use=raw["intended_use"],
         weights=weights, created=raw["created"], engine_version=raw["engine_version"],
-        path=folder, extra=extra,
+        path=folder, model_card_file=card_file,
+        manifest_sha256=checksum if isinstance(checksum, str) else None, extra=extra,
     )
 
