@@ -159,13 +159,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if args.models_command == "verify":
         bundle = registry.load_bundle(args.path, expected_task=args.task)
-        print(f"OK: {bundle.id} {bundle.version} ({bundle.task}); {len(bundle.weights)} weight file(s), "
-              "sha256 verified")
+        print(f"OK: {bundle.id} {bundle.version} ({bundle.task}); model.json, model card and "
+              f"{len(bundle.weights)} weight file(s): sha256 verified")
         return 0
     if args.models_command == "export":
         bundle = registry.load_bundle(args.path)
         out = registry.export_bundle(bundle, args.zip)
         print(f"Exported {bundle.id} {bundle.version} to {out}")
+        return 0
+    if args.models_command == "seal":
+        bundle = registry.seal_bundle(args.path, force=args.force)
+        print(f"Sealed: {bundle.id} {bundle.version} ({bundle.task}); model.json and MODEL_CARD.md checksums "
+              "recorded, weights sha256 verified")
         return 0
     raise AssertionError(args.models_command)
 
@@ -572,7 +577,7 @@ def _add_inference_commands(sub, tasks: Sequence[str]) -> None:
 
 
 def _add_models_command(sub, tasks: Sequence[str]) -> None:
-    s = _command(sub, "models", help="list, import, verify or export model bundles")
+    s = _command(sub, "models", help="list, import, verify, export or seal model bundles")
     msub = s.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     m = msub.add_parser("list", help="list the shipped demo models and the user's models")
     m.add_argument("--task", choices=tasks)
@@ -585,6 +590,11 @@ def _add_models_command(sub, tasks: Sequence[str]) -> None:
     m = msub.add_parser("export", help="write a bundle folder as a .zip to share")
     m.add_argument("path")
     m.add_argument("zip")
+    m = msub.add_parser("seal", help="record the checksums of model.json and MODEL_CARD.md in a bundle saved "
+                        "by an older engine (after checking its weights)")
+    m.add_argument("path", help="bundle folder")
+    m.add_argument("--force", action="store_true", help="also re-seal a bundle whose model.json or model card "
+                   "was edited on purpose")
     s.set_defaults(func=cmd_models)
 
 
