@@ -2,5 +2,6 @@
 
 from engine.losses.segmentation import DeepSupervisionLoss, segmentation_loss
 from engine.losses.classification import stage_focal_loss
+from engine.losses.cr_loss import CRLoss, ResFormerLoss
 
-__all__ = ["DeepSupervisionLoss", "segmentation_loss", "stage_focal_loss"]
+__all__ = ["CRLoss", "DeepSupervisionLoss", "ResFormerLoss", "segmentation_loss", "stage_focal_loss"]
