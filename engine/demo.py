@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError
+from engine.tasks.esophagus import TASK as DEMO_TASK
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def run_demo(out: Path, cases: int = 8, seed: int = 2026) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    dataset = generate_dataset("esophagus", out / "dataset", cases=cases, seed=seed, preset="small",
+    dataset = generate_dataset(DEMO_TASK.name, out / "dataset", cases=cases, seed=seed, preset="small",
                                overwrite=True)
     timings["synth_s"] = time.perf_counter() - t
 
@@ -44,7 +45,7 @@ def run_demo(out: Path, cases: int = 8, seed: int = 2026) -> dict:
         raise EngineError("The generated phantom dataset failed validation:\n" + report.summary())
 
     t = time.perf_counter()
-    plan = make_plan(extract_fingerprint(dataset), "esophagus")
+    plan = make_plan(extract_fingerprint(dataset), DEMO_TASK.name)
     plan.save(out / "plan.json")
     save_splits(dataset_splits(dataset, folds=min(5, cases)), out / "splits.json")
     timings["plan_s"] = time.perf_counter() - t
@@ -93,9 +94,9 @@ def run_staging_demo(out: Path, seed: int = DEMO_CASE_SEED, device: str = "auto"
     from engine.synth import generate_case
     from engine.tasks import get_task
 
-    task = get_task("esophagus")
+    task = get_task(DEMO_TASK.name)
     bundle = load_model(task.name, None)
-    case = generate_case("esophagus", seed, "small")
+    case = generate_case(DEMO_TASK.name, seed, "small")
     out.mkdir(parents=True, exist_ok=True)
     ct = out / "demo_ct.nii.gz"
     write_image(case.channels[0], ct)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from engine.registry import list_bundles
 
-    if any(i.valid and i.task == "esophagus" for i in list_bundles()):
+    if any(i.valid and i.task == DEMO_TASK.name for i in list_bundles()):
         try:
             return run_staging_demo(Path(args.out), device=args.device)
         except EngineError as exc:

@@ -19,11 +19,12 @@ from engine.tasks.base import (
     neoplasm,
 )
 from engine.tasks.registry import (
-    BUILTIN_TASKS,
+    BUILTIN_TASK_SOURCES,
     ENTRY_POINT_GROUP,
     TASKS_ENV,
     UnknownTaskError,
     all_tasks,
+    builtin_task_names,
     get_task,
     phantom_task_names,
     pipeline_task_names,
@@ -33,7 +34,7 @@ from engine.tasks.registry import (
 )
 
 __all__ = [
-    "BUILTIN_TASKS",
+    "BUILTIN_TASK_SOURCES",
     "DEVICE_CHOICES",
     "ENTRY_POINT_GROUP",
     "TASKS_ENV",
@@ -46,6 +47,7 @@ __all__ = [
     "Task",
     "UnknownTaskError",
     "all_tasks",
+    "builtin_task_names",
     "anatomy",
     "check_tta",
     "code",

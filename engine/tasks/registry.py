@@ -19,18 +19,34 @@ from engine.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-#: The built-in tasks: name → ``module:attribute`` of their declaration. The one place task names are written.
-BUILTIN_TASKS: dict[str, str] = {
-    "esophagus": "engine.tasks.esophagus:TASK",
-    "npc": "engine.tasks.npc:TASK",
-    "gtv": "engine.tasks.gtv:TASK",
-    "pet": "engine.tasks.pet:TASK",
-}
+#: Where the built-in tasks are declared, in the order ``engine tasks`` lists them. A task's name is
+#: written once, in its declaration; this table only says where the declarations are.
+BUILTIN_TASK_SOURCES: tuple[str, ...] = (
+    "engine.tasks.esophagus:TASK",
+    "engine.tasks.npc:TASK",
+    "engine.tasks.gtv:TASK",
+    "engine.tasks.pet:TASK",
+)
 ENTRY_POINT_GROUP = "oncostaging.tasks"
 TASKS_ENV = "ONCOSTAGING_TASKS"
 
 _registered: dict[str, Task] = {}
 _loaded: dict[str, Task] = {}
+_builtin: dict[str, str] = {}
+
+
+def builtin_sources() -> dict[str, str]:
+    """name → ``module:attribute`` of the built-in tasks (their declarations are imported once)."""
+    if not _builtin:
+        for source in BUILTIN_TASK_SOURCES:
+            task = _import(source)
+            _builtin[task.name] = source
+            _loaded.setdefault(task.name, task)
+    return _builtin
+
+
+def builtin_task_names() -> list[str]:
+    return list(builtin_sources())
 
 
 class UnknownTaskError(EngineError):
@@ -85,7 +101,7 @@ def _entry_point_sources() -> dict[str, str]:
 
 def _known_sources() -> dict[str, str]:
     """name → ``module:attribute``; environment entries are keyed by their source until imported."""
-    return {**BUILTIN_TASKS, **_entry_point_sources()}
+    return {**builtin_sources(), **_entry_point_sources()}
 
 
 def _import(source: str) -> Task:
@@ -125,8 +141,9 @@ def _lookup(name: str) -> Task | None:
 def task_names() -> list[str]:
     """Every known task: built-ins first in their order, then plug-ins by name."""
     _load_env_tasks()
-    extra = sorted((set(_entry_point_sources()) | set(_registered)) - set(BUILTIN_TASKS))
-    return [*BUILTIN_TASKS, *extra]
+    builtin = builtin_task_names()
+    extra = sorted((set(_entry_point_sources()) | set(_registered)) - set(builtin))
+    return [*builtin, *extra]
 
 
 def get_task(name: str) -> Task:
