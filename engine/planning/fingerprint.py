@@ -85,7 +85,11 @@ def tumour_label_name(labels: dict[str, int]) -> str | None:
 
 def extract_fingerprint(dataset: RawDataset, seed: int = 1234,
                         progress: Callable[[int, int], None] | None = None) -> Fingerprint:
-    """Read every training case once and summarise it."""
+    """Read every training case once and summarise it, in the orientation networks will see it
+    (shapes, spacings and tumour extents per axis must not depend on how each file stores its voxels)."""
+    from engine.planning.planner import CANONICAL_ORIENTATION  # the planner imports this module
+    from engine.preprocessing.orientation import reorientation
+
     if not dataset.training:
         raise PlanError(f"Dataset {dataset.root} has no training cases to plan from.")
     desc = dataset.description
@@ -96,6 +100,9 @@ def extract_fingerprint(dataset: RawDataset, seed: int = 1234,
     for i, case in enumerate(dataset.training):
         image = case.load_image()
         label = case.load_label(reference=image) if case.label_file and case.label_file.is_file() else None
+        reoriented = reorientation(image, CANONICAL_ORIENTATION)
+        image = reoriented.canonical_image(image)
+        label = reoriented.canonical_image(label) if label is not None else None
         voxels: dict[str, int] = {}
         bbox_mm = None
         if label is not None:

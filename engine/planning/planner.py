@@ -42,6 +42,10 @@ MAX_DATASET_FRACTION_PER_BATCH = 0.05
 BASE_FEATURES = 32
 MAX_FEATURES_3D = 320
 MAX_FEATURES_2D = 512
+#: The voxel orientation networks see (a DICOM-style code, see :mod:`engine.preprocessing.orientation`):
+#: ITK's identity direction, the convention the shipped models were trained in. A plan written before
+#: the field existed means the same, so its model keeps giving the same outputs.
+CANONICAL_ORIENTATION = "LPS"
 #: The cascade's low-resolution stage halves the resolution (nn-TransEC Table 6: 118×128×128 vs 237×256×256).
 LOWRES_FACTOR = 2.0
 
@@ -102,6 +106,8 @@ class Plan:
     stage_counts: dict[str, int] | None = None
     stage_loss_weights: list[float] | None = None
     fingerprint: dict | None = None
+    #: every input is reordered to this orientation before preprocessing, and outputs back
+    orientation: str = CANONICAL_ORIENTATION
     format_version: int = PLAN_FORMAT_VERSION
     engine_version: str = engine.__version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -132,6 +138,7 @@ class Plan:
                 for k, c in d["configurations"].items()
             }
             d["normalization"] = Normalization(**d["normalization"])
+            d["orientation"] = _checked_orientation(d.get("orientation", CANONICAL_ORIENTATION))
             return cls(**d)
         except (KeyError, TypeError) as exc:
             raise PlanError(f"Invalid plan: {exc}. Re-create it with `python -m engine plan`.") from None
@@ -152,6 +159,15 @@ class Plan:
             raise PlanError(f"Plan file '{path}' not found.") from None
         except json.JSONDecodeError as exc:
             raise PlanError(f"Plan file '{path}' is not valid JSON ({exc}).") from None
+
+
+def _checked_orientation(code: object) -> str:
+    from engine.preprocessing.orientation import check_orientation  # preprocessing imports this module
+
+    try:
+        return check_orientation(str(code))
+    except ValueError as exc:
+        raise PlanError(f"Invalid plan: {exc}. Re-create it with `python -m engine plan`.") from None
 
 
 # --- heuristics ---------------------------------------------------------------------------------
@@ -360,4 +376,5 @@ def transfer_plan(source: Plan, fp: Fingerprint) -> Plan:
         task=source.task, dataset_name=fp.dataset_name, modality=source.modality, labels=dict(source.labels),
         configurations=source.configurations, normalization=normalization_for(fp.modality, fp.foreground_intensity),
         tumour_label=source.tumour_label, krt_box_size=source.krt_box_size, stage_names=source.stage_names,
-        stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights, fingerprint=fp.to_dict())
+        stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights, fingerprint=fp.to_dict(),
+        orientation=source.orientation)

@@ -1,9 +1,12 @@
 """Plan-driven preprocessing with a recorded, exact inverse.
 
-Forward: crop to the patient → resample to the plan's spacing (image B-spline, label nearest) →
+Forward: reorder the voxels into the plan's orientation → crop to the patient → resample to the plan's spacing (image B-spline, label nearest) →
 normalise → pad up to the patch size. Every step is recorded in a :class:`PreprocessRecord`, so
 :meth:`Preprocessor.restore_labels` / :meth:`Preprocessor.restore_probabilities` put a prediction
 back on the original voxel grid: same shape, spacing, origin and direction as the input.
+
+Everything between the reordering and its inverse happens on the canonical grid, so the network's
+input, and hence every output, is the same whichever way the file stored its voxels.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from engine.io.image import Image
 from engine.planning.planner import Configuration, Plan
 from engine.preprocessing import crop as cropping
 from engine.preprocessing.normalize import normalize
+from engine.preprocessing.orientation import Reorientation, reorientation
 from engine.preprocessing.resample import (is_on_grid, resample_to_grid, resampled_shape,
                                           spline_coefficients)
 
 
 @dataclass
 class PreprocessRecord:
-    """What was done to one image, enough to undo it."""
+    """What was done to one image, enough to undo it.
+
+    ``original_*``, ``origin`` and ``direction`` describe the uncropped image *in the canonical
+    orientation*, the grid every other field refers to; ``reorientation`` holds the input's own grid
+    and how its voxels were reordered (None: the input was already canonical, or an older record).
+    """
 
     original_shape: list[int]
     original_spacing: list[float]
@@ -34,6 +43,7 @@ class PreprocessRecord:
     target_spacing: list[float]
     resampled_shape: list[int]
     pads: list[list[int]]
+    reorientation: Reorientation | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +67,8 @@ class _GridIndependentWork:
     does not repeat it."""
 
     foreground_box: list[list[int]] | None = None
+    #: the channels and label in the canonical orientation, and how they were reordered
+    canonical: tuple[list[Image], Image | None, Reorientation] | None = None
     coefficients: dict[tuple, sitk.Image] = field(default_factory=dict)
 
 
@@ -86,11 +98,11 @@ class Preprocessor:
 
     def _run(self, image: Image | list[Image], label: Image | None,
              shared: _GridIndependentWork) -> PreprocessedCase:
-        channels = image if isinstance(image, list) else [image]
-        ref = channels[0]
         if self.config.dims != 3:
             raise ValueError("Preprocessor handles 3D configurations; 2D pipelines slice the volume "
                              "after 3D preprocessing at their in-plane spacing.")
+        channels, label, reoriented = self._canonical(image, label, shared)
+        ref = channels[0]
         if not self.crop_to_foreground:
             box = [[0, n] for n in ref.shape]
         elif shared.foreground_box is None:
@@ -102,7 +114,8 @@ class Preprocessor:
         new_shape = resampled_shape(cropping.crop(ref.array, box).shape, ref.spacing, target)
         pads = cropping.pad_amounts(new_shape, self.config.patch_size if self.pad_to_patch else new_shape)
         record = PreprocessRecord(list(ref.shape), list(ref.spacing), list(ref.origin),
-                                  ref.direction.ravel().tolist(), box, target, new_shape, pads)
+                                  ref.direction.ravel().tolist(), box, target, new_shape, pads,
+                                  None if reoriented.is_identity else reoriented)
         arrays = []
         for index, ch in enumerate(channels):
             cropped = self._cropped_image(ch, record)
@@ -118,6 +131,17 @@ class Preprocessor:
             lab = resample_to_grid(cropped_label, new_shape, target, is_label=True).array
             lab = cropping.pad(lab.astype(np.uint8), pads, value=0)
         return PreprocessedCase(np.stack(arrays).astype(np.float32), lab, record)
+
+    def _canonical(self, image: Image | list[Image], label: Image | None, shared: _GridIndependentWork
+                   ) -> tuple[list[Image], Image | None, Reorientation]:
+        """The channels and label with their voxels in the plan's orientation (an exact reordering,
+        decided by the first channel's direction), computed once per image."""
+        if shared.canonical is None:
+            channels = image if isinstance(image, list) else [image]
+            reoriented = reorientation(channels[0], self.plan.orientation)
+            shared.canonical = ([reoriented.canonical_image(ch) for ch in channels],
+                                None if label is None else reoriented.canonical_image(label), reoriented)
+        return shared.canonical
 
     @staticmethod
     def _resampled(cropped: Image, shape: list[int], spacing: list[float],
@@ -137,7 +161,7 @@ class Preprocessor:
     @staticmethod
     def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         """(z, y, x) labels on the preprocessed grid → labels on the original grid (nearest)."""
-        return Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0]
+        return _to_input(Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0], record)
 
     @staticmethod
     def restore_probabilities(probs: np.ndarray, record: PreprocessRecord, background_channel: bool = True
@@ -149,15 +173,16 @@ class Preprocessor:
             inside = np.zeros(record.original_shape, dtype=bool)
             inside[tuple(slice(a, b) for a, b in record.crop_box)] = True
             out[0][~inside] = 1.0
-        return out
+        return _to_input(out, record)
 
     @staticmethod
     def restore_map(values: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         """(z, y, x) values on the preprocessed grid (a heat map) → the original grid (linear)."""
-        return Preprocessor._restore(values[None], record, is_label=False)[0]
+        return _to_input(Preprocessor._restore(values[None], record, is_label=False)[0], record)
 
     @staticmethod
     def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool) -> np.ndarray:
+        """Undo padding, resampling and cropping: arrays on the canonical uncropped grid."""
         if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.resampled_shape, record.pads)]:
             raise ValueError(f"prediction shape {arrays.shape[1:]} does not match the preprocessed shape "
                              f"{record.resampled_shape} + padding {record.pads}")
@@ -175,9 +200,18 @@ class Preprocessor:
 
     @staticmethod
     def to_image(array: np.ndarray, record: PreprocessRecord, modality: str | None = None) -> Image:
-        """Wrap a restored array in the original geometry."""
+        """Wrap a restored array (already on the input's grid) in the input's geometry."""
+        if record.reorientation is not None:
+            r = record.reorientation
+            return Image(array, r.input_spacing, r.input_origin, np.asarray(r.input_direction).reshape(3, 3),
+                         modality)
         return Image(array, record.original_spacing, record.origin,
                      np.asarray(record.direction).reshape(3, 3), modality)
+
+
+def _to_input(array: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """A canonical-grid array (last three axes) in the input's voxel order."""
+    return array if record.reorientation is None else record.reorientation.to_input(array)
 
 
 def preprocess_configurations(preprocessors: Sequence[Preprocessor], image: Image | list[Image],
