@@ -136,7 +136,7 @@ def cmd_convert_openkbp(args: argparse.Namespace) -> int:
     update, close = _tqdm_progress("converting")
     try:
         ds = import_openkbp(args.source, args.out, cases=args.cases, include_ptv=args.include_ptv,
-                            overwrite=args.overwrite, progress=update)
+                            overwrite=args.overwrite, progress=update, gtv_from=args.gtv_from)
     finally:
         close()
     print(f"Wrote {len(ds.training)} case(s) with labels {ds.description.labels} to {ds.root}")
@@ -498,6 +498,8 @@ def _add_data_commands(sub, tasks: Sequence[str], phantoms: Sequence[str]) -> No
     s.add_argument("--out", type=output_path, required=True)
     s.add_argument("--cases", type=positive_int, help="convert only the first N patients (sorted by number)")
     s.add_argument("--include-ptv", action="store_true", help="keep PTV56/63/70 labels (default: organs 1-7)")
+    s.add_argument("--gtv-from", choices=("PTV56", "PTV63", "PTV70"),
+                   help="write a single-label GTV dataset (task gtv) from this PTV; organs overwrite PTVs")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_openkbp)
 
