@@ -60,7 +60,7 @@ def balanced_indices(abnormal: np.ndarray, ratio: str, n: int | None = None,
     else:
         if normal_idx.size == 0:
             raise ValueError(f"Balance ratio '{ratio}' needs normal slices, and there are none")
-        n_abnormal = abnormal_idx.size if n is None else int(round(n / (1 + k)))
+        n_abnormal = abnormal_idx.size if n is None else round(n / (1 + k))
         n_normal = k * n_abnormal if n is None else n - n_abnormal
     chosen = np.concatenate([_draw(abnormal_idx, n_abnormal, rng), _draw(normal_idx, n_normal, rng)])
     return rng.permutation(chosen)

@@ -16,7 +16,16 @@ _LAZY = {
     "DFE": "engine.models.resformer", "ResFormer": "engine.models.resformer",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "DFE",
+    "BasicBlock",
+    "PyramidPooling",
+    "ResFormer",
+    "ResNetEncoder2d",
+    "SANet",
+    "SliceClassifier",
+    "SpatialAlignment",
+]
 
 
 def __getattr__(name: str) -> Any:

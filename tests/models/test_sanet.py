@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine.explain.gradcam import grad_cam
 from engine.models.resnet2d import RESNET34_LAYERS, ResNetEncoder2d
-from engine.models.sanet import SANet, PyramidPooling, SliceClassifier, SpatialAlignment
+from engine.models.sanet import PyramidPooling, SANet, SliceClassifier, SpatialAlignment
 
 WIDTH = 8
 
