@@ -267,17 +267,18 @@ def _compare_slices(ref_file: str, ref: dict, file: str, info: dict, folder: Pat
     if info["size"] != ref["size"]:
         raise ImageError(f"DICOM series in '{folder}' mixes slice sizes: '{Path(file).name}' is "
                          f"{info['size'][0]}×{info['size'][1]} pixels but '{Path(ref_file).name}' is "
-                         f"{ref['size'][0]}×{ref['size'][1]}. Slices of one volume share a size; separate the "
-                         "series or re-export it.")
+                         f"{ref['size'][0]}×{ref['size'][1]}. Slices of one volume share a size; separate "
+                         "the series or re-export it.")
     if not np.allclose(info["orientation"], ref["orientation"], atol=1e-3):
         raise ImageError(f"DICOM series in '{folder}' mixes slice orientations ('{Path(file).name}' is "
-                         f"oriented differently from '{Path(ref_file).name}'); it is not one volume. Separate "
-                         "the series or re-export it.")
+                         f"oriented differently from '{Path(ref_file).name}'); it is not one volume. "
+                         "Separate the series or re-export it.")
     a, b = info["pixel spacing"], ref["pixel spacing"]
     if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4):
         raise ImageError(f"DICOM series in '{folder}' mixes pixel spacings ('{Path(file).name}': "
                          f"{' × '.join(f'{v:g}' for v in a)} mm, '{Path(ref_file).name}': "
-                         f"{' × '.join(f'{v:g}' for v in b)} mm); it is not one volume. Re-export the series.")
+                         f"{' × '.join(f'{v:g}' for v in b)} mm); it is not one volume. "
+                         "Re-export the series.")
 
 
 def _check_even_slices(positions: np.ndarray, folder: Path) -> None:
@@ -293,12 +294,12 @@ def _check_even_slices(positions: np.ndarray, folder: Path) -> None:
     ratio = worst / median
     if ratio > 1.5 and abs(ratio - round(ratio)) <= SLICE_GAP_TOLERANCE * round(ratio):
         missing = int(sum(round(g / median) - 1 for g in gaps[bad] if g > median))
-        raise ImageError(f"DICOM series in '{folder}' has {missing} missing slice(s): a gap of {worst:.2f} mm "
-                         f"where slices are {median:.2f} mm apart (uneven slice spacing). Re-export the "
-                         "complete series.")
-    raise ImageError(f"DICOM series in '{folder}' has uneven slice spacing: gaps from {float(gaps.min()):.2f} "
-                     f"to {float(gaps.max()):.2f} mm between slices, so it is not one evenly sampled volume. "
-                     "Re-export the series, or resample it to even spacing first.")
+        raise ImageError(f"DICOM series in '{folder}' has {missing} missing slice(s): a gap of "
+                         f"{worst:.2f} mm where slices are {median:.2f} mm apart (uneven slice spacing). "
+                         "Re-export the complete series.")
+    raise ImageError(f"DICOM series in '{folder}' has uneven slice spacing: gaps from "
+                     f"{float(gaps.min()):.2f} to {float(gaps.max()):.2f} mm between slices, so it is not one "
+                     "evenly sampled volume. Re-export the series, or resample it to even spacing first.")
 
 
 def _check_dimensions(img: sitk.Image, path: Path) -> None:
@@ -320,7 +321,8 @@ def validate_image(image: Image, source: str = "image") -> None:
         raise ImageError(f"{source}: expected a 3D volume, got {arr.ndim} dimensions {arr.shape}.")
     size = " × ".join(str(n) for n in arr.shape)
     if arr.size == 0:
-        raise ImageError(f"{source}: the volume holds no voxels (size {size}); an image with voxels is needed.")
+        raise ImageError(f"{source}: the volume holds no voxels (size {size}); an image with voxels is "
+                         "needed.")
     if min(arr.shape) < 2:
         raise ImageError(f"{source}: volume of size {size} voxels is too small; each axis needs ≥ 2 voxels.")
     finite = np.isfinite(arr)

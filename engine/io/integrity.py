@@ -31,7 +31,8 @@ _NRRD_TYPES = {
     **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
                      "float"), 4),
     **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
-                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64",
+                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int",
+                     "uint64",
                      "uint64_t", "double"), 8),
 }
 _MET_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
@@ -54,11 +55,12 @@ def check_image_file(path: Path) -> None:
 
 
 def _truncated(path: Path, what: str, expected: int, found: int) -> ImageError:
-    return ImageError(f"'{path}' is truncated: its header describes {what} ({expected:,} bytes of voxel data) "
+    return ImageError(f"'{path}' is truncated: its header describes {what} ({expected:,} bytes of voxel "
+                      "data) "
                       f"but only {max(found, 0):,} bytes are there. {_REEXPORT}")
 
 
-def _describe(sizes: list[int], bytes_per_voxel: int | float) -> str:
+def _describe(sizes: list[int], bytes_per_voxel: float) -> str:
     return f"{' × '.join(str(s) for s in sizes)} voxels of {bytes_per_voxel:g} byte(s)"
 
 
@@ -73,7 +75,8 @@ def _stream_length(path: Path, fileobj, decompress, kind: str) -> int:
     try:
         total = decompress(fileobj)
     except EOFError:
-        raise ImageError(f"'{path}' is truncated: its {kind} voxel data stops early (the file was cut short). "
+        raise ImageError(f"'{path}' is truncated: its {kind} voxel data stops early (the file was cut "
+                         "short). "
                          f"{_REEXPORT}") from None
     except (zlib.error, gzip.BadGzipFile) as exc:
         raise ImageError(f"'{path}' is corrupt: its {kind} data is damaged ({exc}). {_REEXPORT}") from None
@@ -105,7 +108,7 @@ def _zlib_length(fileobj) -> int:
 
 def _nifti_header(path: Path, head: bytes) -> tuple[list[int], int, int]:
     """(sizes, bits per voxel, data offset) of a NIfTI-1 or NIfTI-2 header."""
-    bad = f"'{path}' is not a valid NIfTI file: its header is damaged"
+    bad = f"'{path}' is corrupt: its NIfTI header is damaged"
     if len(head) < 348:
         raise ImageError(f"{bad} (only {len(head)} bytes long). {_REEXPORT}")
     for endian in "<>":
@@ -189,8 +192,8 @@ def _text_header(f, stop) -> tuple[list[str], int]:
 def _check_nrrd(path: Path) -> None:
     with open(path, "rb") as f:
         if not f.read(7) == b"NRRD000":
-            raise ImageError(f"'{path}' is not a valid NRRD file: it does not start with the NRRD mark. "
-                             f"{_REEXPORT}")
+            raise ImageError(f"'{path}' is corrupt: it does not start with the NRRD mark, so it is not a "
+                             f"valid NRRD file. {_REEXPORT}")
         f.seek(0)
         lines, used = _text_header(f, lambda line: line.strip() == "")
         fields: dict[str, str] = {}
@@ -203,7 +206,7 @@ def _check_nrrd(path: Path) -> None:
         try:
             sizes = [int(s) for s in sizes_text.split()]
         except ValueError:
-            raise ImageError(f"'{path}' is not a valid NRRD file: its sizes '{sizes_text}' are not whole "
+            raise ImageError(f"'{path}' is corrupt: its NRRD sizes '{sizes_text}' are not whole "
                              f"numbers. {_REEXPORT}") from None
         per_voxel = _NRRD_TYPES.get(fields.get("type", "").lower())
         if not sizes or per_voxel is None:
@@ -220,14 +223,16 @@ def _check_nrrd(path: Path) -> None:
         if datafile:
             data_path = (path.parent / datafile)
             if not data_path.is_file():
-                raise ImageError(f"'{path}' names a data file '{datafile}' that is missing; keep the .nhdr and "
+                raise ImageError(f"'{path}' names a data file '{datafile}' that is missing; keep the .nhdr "
+                                 "and "
                                  "its data file together.")
-            _check_data(data_path, encoding, expected, 0 if skip < 0 else skip, sizes, per_voxel)
+            _check_data(data_path, encoding, expected, max(skip, 0), sizes, per_voxel)
         else:
             _check_data(path, encoding, expected, used, sizes, per_voxel)
 
 
-def _check_data(path: Path, encoding: str, expected: int, start: int, sizes: list[int], per_voxel: int) -> None:
+def _check_data(path: Path, encoding: str, expected: int, start: int, sizes: list[int],
+                per_voxel: int) -> None:
     if encoding == "raw":
         found = path.stat().st_size - start
     elif encoding in ("gzip", "gz"):
@@ -251,14 +256,14 @@ def _check_metaimage(path: Path) -> None:
                 key, value = line.split("=", 1)
                 fields[key.strip()] = value.strip()
         if "ElementDataFile" not in fields:
-            raise ImageError(f"'{path}' is not a valid MetaImage file: its header has no ElementDataFile line. "
+            raise ImageError(f"'{path}' is corrupt: its MetaImage header has no ElementDataFile line. "
                              f"{_REEXPORT}")
         try:
             sizes = [int(s) for s in fields.get("DimSize", "").split()]
             channels = int(fields.get("ElementNumberOfChannels", "1"))
             header_size = int(fields.get("HeaderSize", "0"))
         except ValueError:
-            raise ImageError(f"'{path}' is not a valid MetaImage file: DimSize is not a list of whole numbers. "
+            raise ImageError(f"'{path}' is corrupt: its MetaImage DimSize is not a list of whole numbers. "
                              f"{_REEXPORT}") from None
         per_voxel = _MET_TYPES.get(fields.get("ElementType", ""))
         if not sizes or per_voxel is None:
@@ -275,7 +280,8 @@ def _check_metaimage(path: Path) -> None:
         else:
             data_path, start = path.parent / datafile, max(header_size, 0)
             if not data_path.is_file():
-                raise ImageError(f"'{path}' names a data file '{datafile}' that is missing; keep the .mhd and "
+                raise ImageError(f"'{path}' names a data file '{datafile}' that is missing; keep the .mhd "
+                                 "and "
                                  "its data file together.")
     if compressed:
         with open(data_path, "rb") as g:

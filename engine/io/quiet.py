@@ -15,9 +15,9 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import SimpleITK as sitk
 

@@ -18,18 +18,35 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import engine
 from engine.errors import BundleError
 from engine.registry.archive import extract_bundle_zip
-from engine.registry.manifest import (CARD_KEY, CHECKSUM_KEY, DEMO_INTENDED_USE, FORMAT_VERSION,
-                                      HALF_PRECISION_STORAGE, MANIFEST_NAME, MODEL_CARD_NAME, REQUIRED_KEYS,
-                                      Label, ModelBundle, check_integrity, check_task, check_weights,
-                                      file_record, manifest_checksum, manifest_to_bundle, read_manifest,
-                                      sha256_file, weights_file_name)
+from engine.registry.manifest import (
+    CARD_KEY,
+    CHECKSUM_KEY,
+    DEMO_INTENDED_USE,
+    FORMAT_VERSION,
+    HALF_PRECISION_STORAGE,
+    MANIFEST_NAME,
+    MODEL_CARD_NAME,
+    REQUIRED_KEYS,
+    Label,
+    ModelBundle,
+    check_integrity,
+    check_task,
+    check_weights,
+    file_record,
+    manifest_checksum,
+    manifest_to_bundle,
+    read_manifest,
+    sha256_file,
+    weights_file_name,
+)
 from engine.utils.atomic import check_target, replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

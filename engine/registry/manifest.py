@@ -380,7 +380,7 @@ def unsealed_message(folder: Path) -> str:
 
 
 def check_integrity(folder: Path, raw: Mapping[str, Any], model_id: str) -> None:
-    """model.json against its ``manifest_sha256`` and MODEL_CARD.md against its record (cheap: small files)."""
+    """model.json against its ``manifest_sha256``, MODEL_CARD.md against its record (small files: cheap)."""
     recorded = raw.get(CHECKSUM_KEY)
     if recorded is None:
         raise BundleError(unsealed_message(folder))
@@ -404,8 +404,8 @@ def check_integrity(folder: Path, raw: Mapping[str, Any], model_id: str) -> None
         raise _err(folder, f"'{CARD_KEY}' must be {{\"file\": \"{MODEL_CARD_NAME}\", \"sha256\", \"bytes\"}} "
                    "or null.", REINSTALL_HINT)
     if not card_path.is_file() or card_path.is_symlink():
-        raise BundleError(f"Model bundle {folder} ('{model_id}') is incomplete: {MODEL_CARD_NAME} is missing. "
-                          f"{REINSTALL_HINT}")
+        raise BundleError(f"Model bundle {folder} ('{model_id}') is incomplete: {MODEL_CARD_NAME} is "
+                          f"missing. {REINSTALL_HINT}")
     if card_path.stat().st_size != card["bytes"] or sha256_file(card_path) != card["sha256"].lower():
         raise BundleError(
             f"Model bundle {folder} ('{model_id}'): {MODEL_CARD_NAME} was edited after the bundle was saved "
@@ -492,7 +492,8 @@ def manifest_to_bundle(raw: Mapping[str, Any], folder: Path,
     card = raw.get(CARD_KEY)
     card_file = None
     if isinstance(card, Mapping) and all(k in card for k in ("file", "sha256", "bytes")):
-        card_file = WeightFile(file=str(card["file"]), sha256=str(card["sha256"]).lower(), bytes=card["bytes"])
+        card_file = WeightFile(file=str(card["file"]), sha256=str(card["sha256"]).lower(),
+                               bytes=card["bytes"])
     checksum = raw.get(CHECKSUM_KEY)
     return ModelBundle(
         format_version=fv, id=mid, name=raw["name"], version=version, task=task,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import gzip
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -73,8 +73,8 @@ FILE_CASES = [
     ("truncated-nii", _truncated(".nii"), "is truncated"),
     ("truncated-nrrd", _truncated(".nrrd"), "is truncated"),
     ("truncated-mha", _truncated(".mha"), "is truncated"),
-    ("corrupt-header-size", _nifti_edit(0, "<i", 12345), "not a valid NIfTI file"),
-    ("corrupt-header-dims", _nifti_edit(40, "<h", 11), "not a valid NIfTI file"),
+    ("corrupt-header-size", _nifti_edit(0, "<i", 12345), "is corrupt: its NIfTI header is damaged"),
+    ("corrupt-header-dims", _nifti_edit(40, "<h", 11), "is corrupt: its NIfTI header is damaged"),
     ("empty-volume", _nifti_edit(42, "<h", 0), "holds no voxels"),
     ("nan-voxels", _voxels(_nan_image(), ".nrrd"), "NaN or infinite"),
     ("constant-volume", _voxels(np.zeros((24, 32, 32), np.float32)), "holds one value only"),

@@ -17,8 +17,14 @@ import torch
 from engine.cli import main
 from engine.errors import BundleError
 from engine.io.image import write_image
-from engine.registry import (DEMO_INTENDED_USE, export_bundle, import_bundle, list_bundles, load_bundle,
-                             save_bundle)
+from engine.registry import (
+    DEMO_INTENDED_USE,
+    export_bundle,
+    import_bundle,
+    list_bundles,
+    load_bundle,
+    save_bundle,
+)
 from engine.tasks import get_task
 from tests.conftest import blob_case
 
@@ -28,7 +34,8 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "esophagus-demo-0.
 def _tiny_bundle(out: Path, model_card: str | None = "# Tiny\nSynthetic phantoms only.\n"):
     return save_bundle(
         out, id="tiny", name="Tiny", version="0.1.0", task="esophagus",
-        architecture={"name": "TinyUNet"}, plan={"normalization": {"scheme": "ct", "mean": 40.0, "std": 80.0}},
+        architecture={"name": "TinyUNet"},
+        plan={"normalization": {"scheme": "ct", "mean": 40.0, "std": 80.0}},
         labels=get_task("esophagus").labels, stages=["T1", "T2", "T3", "T4"], modality="CT",
         training={"data": "phantoms"}, metrics={}, intended_use=DEMO_INTENDED_USE,
         weights={"segmentation": {"w": torch.arange(6, dtype=torch.float32)}}, model_card=model_card)
