@@ -14,16 +14,14 @@ from torch import nn
 
 from engine.tasks.gtv.options import GtvTrainOptions
 
-#: ResFormer's input sizes must be multiples of this.
-RESFORMER_MULTIPLE = 32
-
 
 def architecture_record(options: GtvTrainOptions) -> dict[str, Any]:
     """What the bundle records about the networks: enough to rebuild them, and the ablation switches."""
     width = int(options.width)
     record: dict[str, Any] = {"name": "HCF" if options.architecture == "hcf" else "ResFormer",
                               "architecture": options.architecture, "variant": options.variant,
-                              "loss": "CR" if options.cr_loss else "Dice+CE",
+                              "loss": ("ResFormer (0.25 slice CE + Dice)" if options.architecture == "resformer"
+                                       else "CR" if options.cr_loss else "Dice+CE"),
                               "classifier_gate": bool(options.use_classifier)}
     if options.architecture == "resformer":
         record["resformer"] = {"in_channels": 1, "num_classes": 2, "num_slice_classes": 2, "width": width,
@@ -59,32 +57,29 @@ def build_resformer(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def gradcam_layer(classifier: nn.Module) -> nn.Module:
-    """The classifier's last convolution stage, where Grad-CAM looks."""
+    """Where Grad-CAM looks: the slice classifier's last convolution stage, or ResFormer's deepest
+    level (its slice head pools the two deepest levels)."""
     layer = getattr(classifier, "last_conv_stage", None)
+    if layer is None and hasattr(classifier, "levels"):
+        layer = classifier.levels[-1]
     if layer is None:
         raise AttributeError(f"{type(classifier).__name__} has no last_conv_stage for Grad-CAM")
     return layer
 
 
-class DiceCELoss(nn.Module):
-    """Plain soft Dice (foreground) + cross-entropy: the ablation without the CR loss's regulariser."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = nn.functional.cross_entropy(logits, target)
-        fg = torch.softmax(logits, 1)[:, 1]
-        ref = (target == 1).float()
-        dims = tuple(range(1, fg.ndim))
-        dice = (2 * (fg * ref).sum(dims) + 1.0) / (fg.sum(dims) + ref.sum(dims) + 1.0)
-        return ce + (1.0 - dice).mean()
-
-
 def segmentation_loss(cr_loss: bool) -> nn.Module:
-    """The paper's CR loss (Dice + regularised cross-entropy, α = 0.1) or plain Dice + CE."""
-    if not cr_loss:
-        return DiceCELoss()
+    """The paper's CR loss (Dice + (1 − α)·CE + α·uniform regulariser, α = 0.1), or without the
+    regulariser plain Dice + CE (the ablation)."""
     from engine.losses.cr_loss import CRLoss
 
-    return CRLoss(alpha=0.1, regulariser=True)
+    return CRLoss(alpha=0.1, regulariser=cr_loss)
+
+
+def resformer_loss() -> nn.Module:
+    """ResFormer's multi-task loss: weighted slice cross-entropy + segmentation Dice."""
+    from engine.losses.cr_loss import ResFormerLoss
+
+    return ResFormerLoss()
 
 
 def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -92,12 +87,3 @@ def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(out, (tuple, list)):
         return out[0], out[1] if len(out) > 1 else None
     return out, None
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = RESFORMER_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad the last two axes up to a multiple (ResFormer's windows need it); returns the pads."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = nn.functional.pad(x, (0, pw, 0, ph))
-    return x, (ph, pw)

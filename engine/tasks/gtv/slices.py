@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from engine.data.dataset import Case
 from engine.errors import Cancelled, TrainingError
@@ -128,7 +130,7 @@ def augmentation(size: int) -> Any:
     ])
 
 
-class SliceSamples:
+class SliceSamples(Dataset):
     """A torch dataset over a :class:`SliceSet` whose slices are re-drawn each epoch (:meth:`set_epoch`)
     by the Balance-Sampling ratio; items ``{"image": [1,S,S], "label": [S,S], "target": 0|1}``."""
 
@@ -149,8 +151,6 @@ class SliceSamples:
         return int(len(self.indices))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
         k = int(self.indices[i])
         image = self.slices.images[k][None].astype(np.float32)
         label = self.slices.labels[k][None].astype(np.float32)
@@ -162,7 +162,7 @@ class SliceSamples:
                 "target": torch.tensor(int(self.slices.abnormal[k]), dtype=torch.long)}
 
 
-class FixedSlices:
+class FixedSlices(Dataset):
     """Validation slices in a fixed order (no augmentation)."""
 
     def __init__(self, slices: SliceSet, indices: np.ndarray | None = None):
@@ -173,8 +173,6 @@ class FixedSlices:
         return int(len(self.indices))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
         k = int(self.indices[i])
         return {"image": torch.as_tensor(self.slices.images[k][None].astype(np.float32)),
                 "label": torch.as_tensor(self.slices.labels[k].astype(np.int64)),

@@ -30,7 +30,7 @@ from engine.registry.bundle import check_bundle_target
 from engine.tasks.gtv import TASK, TUMOUR
 from engine.tasks.gtv.model_card import model_card
 from engine.tasks.gtv.networks import (architecture_record, build_classifier, build_resformer, build_segmenter,
-                                       segmentation_loss, split_outputs)
+                                       resformer_loss, segmentation_loss, split_outputs)
 from engine.tasks.gtv.options import CLASSIFIER, RESFORMER, SEGMENTER, GtvTrainOptions
 from engine.tasks.gtv.preprocessing import GtvPlan
 from engine.tasks.gtv.slices import FixedSlices, SliceSamples, SliceSet, load_slices
@@ -50,8 +50,10 @@ class SliceTask:
     and/or slice classification; validation pools Dice over all validation slices and scores the slice
     classification (AUC, recall, specificity) when the network classifies."""
 
-    def __init__(self, data: SliceSamples, seg_loss: nn.Module | None, classify: bool):
+    def __init__(self, data: SliceSamples, seg_loss: nn.Module | None, classify: bool,
+                 multitask_loss: nn.Module | None = None):
         self.data, self.seg_loss, self.classify = data, seg_loss, classify
+        self.multitask_loss = multitask_loss
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         self.data.set_epoch(epoch)
@@ -65,6 +67,8 @@ class SliceTask:
     def training_step(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         image, label, target = (batch[k].to(device) for k in ("image", "label", "target"))
         seg, cls = self._outputs(model, image)
+        if self.multitask_loss is not None:
+            return self.multitask_loss((seg.float(), cls.float()), label, target)  # type: ignore[union-attr]
         loss = torch.zeros((), device=device)
         if seg is not None:
             loss = loss + self.seg_loss(seg.float(), label)  # type: ignore[misc]
@@ -201,7 +205,7 @@ class GtvTraining:
         """The held-out slices: all of them for the classifier, the phase's ratio for a segmenter."""
         if self.val is None or not len(self.val):
             return None
-        if ratio == "natural":
+        if ratio == "natural" or not self.val.abnormal.any() or self.val.abnormal.all():
             return FixedSlices(self.val)
         return FixedSlices(self.val, SliceSamples(self.val, ratio, 12345, augment=False).indices)
 
@@ -210,7 +214,8 @@ class GtvTraining:
         o = self.options
         if o.architecture == "resformer":
             net = build_resformer(arch["resformer"])
-            task = SliceTask(self.samples(o.segmenter_ratio, 1), segmentation_loss(o.cr_loss), classify=True)
+            task = SliceTask(self.samples(o.segmenter_ratio, 1), segmentation_loss(o.cr_loss), classify=True,
+                             multitask_loss=resformer_loss())
             net = self.fit(RESFORMER, net, task, self.val_slices(o.segmenter_ratio), o.segmenter_epochs,
                            o.segmenter_batch_size, "val_dice", "max")
             return {RESFORMER: net.state_dict()}
