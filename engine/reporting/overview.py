@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ HEATMAP_THRESHOLD = 0.05
 CONTOUR_WIDTH = 2.0
 BAR_COLOR = "#9e9e9e"
 PREDICTED_BAR_COLOR = "#d62728"
+WARNING_COLOR = "#d62728"
+WARNING_FONTSIZE = 10
+#: Height of one line of warning text, inches; the figure grows by that much per line.
+WARNING_LINE_IN = 0.2
 DPI = 100
 
 
@@ -59,13 +64,15 @@ def render_overview(
     path: str | os.PathLike,
     focus_label: int | None = 1,
     title: str = "",
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write a PNG with axial, coronal and sagittal planes through the focus structure.
 
     Planes pass through the centre of mass of ``focus_label`` (else of all labels, else the volume
     centre). ``heatmap`` (0..1, the image's shape) is drawn where it exceeds
     :data:`HEATMAP_THRESHOLD`. ``probabilities`` maps stage name → probability; the most likely stage
-    is highlighted. The file is written atomically.
+    is highlighted. ``warnings`` are printed in red under the title, so that a figure looked at on
+    its own still says when its result is unreliable. The file is written atomically.
     """
     path = Path(path)
     if labels.shape != image.shape:
@@ -79,9 +86,15 @@ def render_overview(
     window = _display_range(volume)
 
     n_panels = 3 + (probabilities is not None)
-    fig = Figure(figsize=(4.2 * n_panels, 5.0), dpi=DPI)
+    width_in = 4.2 * n_panels
+    lines = _warning_lines(warnings, width_in)
+    extra_in = len(lines) * WARNING_LINE_IN + 0.1 * bool(lines)
+    height_in = 5.0 + extra_in
+    title_in = 0.7 if title else 0.4  # space above the planes for the title
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
     grid = fig.add_gridspec(1, n_panels, width_ratios=[1.0] * 3 + [0.8] * (probabilities is not None),
-                            left=0.03, right=0.98, top=0.86 if title else 0.92, bottom=0.2, wspace=0.18)
+                            left=0.03, right=0.98, top=1.0 - (title_in + extra_in) / height_in,
+                            bottom=1.0 / height_in, wspace=0.18)
     for column, plane in enumerate(planes):
         _draw_plane(fig.add_subplot(grid[0, column]), plane, segments, window)
     if probabilities is not None:
@@ -89,6 +102,9 @@ def render_overview(
     _draw_legend(fig, label_map, segments)
     if title:
         fig.suptitle(title, fontsize=13)
+    if lines:
+        fig.text(0.5, 1.0 - (title_in - 0.25) / height_in, "\n".join(lines), color=WARNING_COLOR, ha="center",
+                 va="top", fontsize=WARNING_FONTSIZE, linespacing=1.3)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
@@ -101,6 +117,13 @@ def render_overview(
             os.unlink(tmp)
     log.info("wrote overview %s (planes through voxel z=%d y=%d x=%d)", path, *centre)
     return path
+
+
+def _warning_lines(warnings: Sequence[str], width_in: float) -> list[str]:
+    """Each warning as "Warning: ..." wrapped to the figure's width (about 12 characters an inch at
+    :data:`WARNING_FONTSIZE`)."""
+    width = max(40, int(width_in * 12))
+    return [line for w in warnings for line in textwrap.wrap(f"Warning: {w}", width)]
 
 
 def _orient_lps(image: Image, labels: Image, heatmap: np.ndarray | None) -> tuple[Image, Image, np.ndarray | None]:

@@ -100,6 +100,67 @@ class PlanDefaults:
     patch_size: tuple[int, ...] | None = None
 
 
+#: The patient axes a :class:`FieldOfView` is written along, in the engine's (z, y, x) order.
+PATIENT_AXES = ("cranio-caudal", "antero-posterior", "left-right")
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """How much of the patient an image must cover, and how finely, for a task's anatomy to be in it.
+
+    Sizes are (z, y, x) in mm along the patient's cranio-caudal, antero-posterior and left-right axes,
+    whatever the scan's storage order. An image outside these bounds still runs (a cropped or coarse
+    scan may be all there is), but its result carries a warning: a model shown a volume that cannot
+    hold the anatomy segments and stages it all the same, with nothing to tell the result is void.
+    """
+
+    min_extent_mm: tuple[float, float, float] | None = None
+    max_spacing_mm: tuple[float, float, float] | None = None
+    min_spacing_mm: tuple[float, float, float] | None = None
+    #: What the extent must hold, named in the warning (e.g. "the mediastinum around the esophagus").
+    region: str = "the anatomy"
+
+    def warnings(self, task: str, shape: Sequence[int], spacing: Sequence[float],
+                 direction: Any = None) -> list[str]:
+        """Why an image of ``shape``/``spacing`` (z, y, x) and ``direction`` (ITK, 3×3) may not hold
+        the anatomy of ``task``; empty when it can."""
+        extent, step = _patient_geometry(shape, spacing, direction)
+        axes = " × ".join(PATIENT_AXES)
+        out = []
+        if self.min_extent_mm and any(e < m for e, m in zip(extent, self.min_extent_mm)):
+            out.append(f"The image covers {_mm(extent, 0)} mm ({axes}); the {task} task needs at least "
+                       f"{_mm(self.min_extent_mm, 0)} mm to hold {self.region}, so the segmentation and stage "
+                       "are unreliable. Use a scan that covers the whole region, or check the voxel spacing "
+                       "in the file's header.")
+        if self.max_spacing_mm and any(s > m for s, m in zip(step, self.max_spacing_mm)):
+            out.append(f"The voxel spacing is {_mm(step, 2)} mm ({axes}); the {task} task needs at most "
+                       f"{_mm(self.max_spacing_mm, 2)} mm, so small structures are lost and the result is "
+                       "unreliable. Use a finer reconstruction of the scan.")
+        if self.min_spacing_mm and any(s < m for s, m in zip(step, self.min_spacing_mm)):
+            out.append(f"The voxel spacing is {_mm(step, 3)} mm ({axes}); the {task} task expects at least "
+                       f"{_mm(self.min_spacing_mm, 3)} mm, so the spacing in the file's header is probably "
+                       "in the wrong unit (it must be millimetres).")
+        return out
+
+
+def _patient_geometry(shape: Sequence[int], spacing: Sequence[float],
+                      direction: Any) -> tuple[list[float], list[float]]:
+    """Extent (bounding box) and spacing along the patient's (z, y, x) axes, so that a sagittal or
+    coronal acquisition is measured like an axial one."""
+    size_xyz = [float(n) * float(s) for n, s in zip(reversed(shape), reversed(spacing))]
+    spacing_xyz = [float(s) for s in reversed(spacing)]
+    if direction is None:
+        direction = [[float(r == c) for c in range(3)] for r in range(3)]
+    rows = [[abs(float(direction[r][c])) for c in range(3)] for r in range(3)]
+    extent = [sum(w * n for w, n in zip(row, size_xyz)) for row in rows]
+    step = [spacing_xyz[max(range(3), key=row.__getitem__)] for row in rows]
+    return extent[::-1], step[::-1]
+
+
+def _mm(values: Sequence[float], digits: int) -> str:
+    return " × ".join(f"{round(float(v), digits):g}" for v in values)
+
+
 @dataclass
 class Task:
     """A task plug-in: its declaration, and entry points that subclasses implement.
@@ -126,6 +187,8 @@ class Task:
     slicer_module: str | None = None
     #: One line on what is built of this task, shown by ``engine tasks``.
     summary: str = ""
+    #: What an input must cover for the anatomy to be in it; Segment & Stage warns when it does not.
+    field_of_view: FieldOfView | None = None
 
     # --- declaration -----------------------------------------------------------------------------
 

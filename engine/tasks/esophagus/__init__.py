@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from engine.tasks.base import CancelFn, Label, PlanDefaults, ProgressFn, Task, anatomy, check_tta, neoplasm
+from engine.tasks.base import (CancelFn, FieldOfView, Label, PlanDefaults, ProgressFn, Task, anatomy, check_tta,
+                               neoplasm)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.pipelines.case import RunResult
@@ -106,4 +107,7 @@ TASK = EsophagusTask(
     phantom="engine.synth.esophagus",
     slicer_module="EsophagusStaging",
     summary="cascade segmentation of 5 structures, KRT crop, T1-T4 classifier, Grad-CAM; trains and runs",
+    # a thoracic CT: the tumour, the aorta and the pericardium in one view, slices thin enough for the wall
+    field_of_view=FieldOfView(min_extent_mm=(80.0, 150.0, 150.0), max_spacing_mm=(10.0, 6.0, 6.0),
+                              min_spacing_mm=(0.1, 0.1, 0.1), region="the mediastinum around the esophagus"),
 )

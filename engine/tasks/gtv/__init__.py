@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from engine.tasks.base import CancelFn, Label, PlanDefaults, ProgressFn, Task, check_tta, neoplasm
+from engine.tasks.base import (CancelFn, FieldOfView, Label, PlanDefaults, ProgressFn, Task, check_tta,
+                               neoplasm)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.pipelines.case import RunResult
@@ -93,4 +94,7 @@ TASK = GtvTask(
     slicer_module="GTVSeg",
     summary="HCF: slice classifier + SANet (or ResFormer), 2D slice by slice, per-slice probabilities, "
             "Grad-CAM; trains and runs",
+    # a chest or head-and-neck CT: the tumour with the body around it, slices thin enough for a nodule
+    field_of_view=FieldOfView(min_extent_mm=(50.0, 150.0, 150.0), max_spacing_mm=(6.0, 5.0, 5.0),
+                              min_spacing_mm=(0.1, 0.1, 0.1), region="the tumour with the body around it"),
 )

@@ -3,7 +3,7 @@
 Declared for its data and phantoms; the multi-task network is not built yet.
 """
 
-from engine.tasks.base import T_STAGES, Label, PlanDefaults, Task, neoplasm
+from engine.tasks.base import T_STAGES, FieldOfView, Label, PlanDefaults, Task, neoplasm
 
 TASK = Task(
     name="npc",
@@ -17,4 +17,7 @@ TASK = Task(
     phantom="engine.synth.npc",
     slicer_module="NPCStaging",
     summary="phantoms and planning only; the segmentation and staging network is planned",
+    # the nasopharynx with the skull base above and the parapharyngeal spaces beside it (the paper: 105 mm)
+    field_of_view=FieldOfView(min_extent_mm=(60.0, 100.0, 100.0), max_spacing_mm=(8.0, 2.0, 2.0),
+                              min_spacing_mm=(0.1, 0.1, 0.1), region="the nasopharynx and the skull base"),
 )

@@ -3,7 +3,7 @@
 Declared for its data and phantoms; the multi-task multi-scale network is not built yet.
 """
 
-from engine.tasks.base import Label, PlanDefaults, Task, neoplasm
+from engine.tasks.base import FieldOfView, Label, PlanDefaults, Task, neoplasm
 
 TASK = Task(
     name="pet",
@@ -15,4 +15,7 @@ TASK = Task(
     phantom="engine.synth.pet",
     slicer_module="EsophagusStaging",
     summary="phantoms and planning only; the outcome network is planned",
+    # one thoracic bed position at least; PET voxels are 2-5.5 mm, so 8 mm is already a coarse scanner
+    field_of_view=FieldOfView(min_extent_mm=(100.0, 200.0, 200.0), max_spacing_mm=(8.0, 8.0, 8.0),
+                              min_spacing_mm=(0.5, 0.5, 0.5), region="the thorax around the tumour"),
 )
