@@ -4,10 +4,18 @@
 a process group (gloo on CPU, nccl on CUDA), wraps the model in DDP and shards the data with
 ``DistributedSampler``. Without those variables everything here is a no-op, so single-process
 code needs no special case.
+
+Teardown must really end the group: gloo runs two worker threads and a socket thread per group, and
+a group that outlives ``destroy_process_group`` keeps them running, still connected to the other ranks,
+into interpreter shutdown, where a native thread that wakes up (a peer closing its sockets, a finished
+collective freeing its tensors) and reaches for the interpreter is killed mid-C++ and the rank dies
+with SIGABRT ("terminate called without an active exception") after its work is done.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -119,6 +127,9 @@ def init_distributed(device: str = "auto") -> tuple[DistributedContext, torch.de
     owns = False
     if not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
+        # DDP imports torch._dynamo on first use; imported while a group exists, its tables keep a
+        # reference to that group, which destroy_process_group then cannot free (its threads live on).
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend=backend, **({"device_id": run_device} if use_cuda else {}))
         owns = True
     backend = dist.get_backend()
@@ -141,14 +152,17 @@ def wrap_model(model: torch.nn.Module, ctx: DistributedContext, device: torch.de
 
 
 def cleanup_distributed(ctx: DistributedContext, barrier: bool = True) -> None:
-    """Destroy the group if this module created it.
+    """Destroy the group if this module created it, on every rank, while the interpreter is whole.
 
     The barrier keeps a fast rank from tearing the group down under the others; it is skipped
-    after a failure, where the other ranks may never arrive.
+    after a failure, where the other ranks may never arrive. A DDP wrapper the caller dropped may
+    still sit in a reference cycle holding the group; collecting it first lets destroying the group
+    join its threads here rather than at interpreter exit.
     """
     if ctx.enabled and ctx.owns_group and dist.is_initialized():
         try:
             if barrier:
                 dist.barrier()
         finally:
+            gc.collect()
             dist.destroy_process_group()
