@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.cli import main
 from engine.data.dataset import RawDataset
@@ -20,6 +21,15 @@ from tests.conftest import shared_data
 
 TINY = ["--epochs", "1", "--width", "8", "--image-size", "64", "--steps-per-epoch", "1", "--device", "cpu",
         "--fold", "all", "--demo"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, especially on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,6 @@ def test_ablation_switches_are_recorded():
     assert res["name"] == "ResFormer" and "resformer" in res and "segmenter" not in res
 
 
-@pytest.mark.slow
 def test_cli_train_run_evaluate(phantoms, tmp_path):
     model = tmp_path / "model"
     assert main(["train", "--task", "gtv", "--data", str(phantoms), "--out", str(model), *TINY]) == 0
@@ -88,7 +97,6 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
     assert "Slice classifier" in (ev / "metrics.md").read_text()
 
 
-@pytest.mark.slow
 def test_ablation_bundle_without_classifier(phantoms, tmp_path):
     model = tmp_path / "noclf"
     assert main(["train", "--task", "gtv", "--data", str(phantoms), "--out", str(model), *TINY,
