@@ -119,3 +119,19 @@ def test_openkbp_gtv_from_ptv70(tmp_path):
         assert set(np.unique(label)) <= {0, 1} and label.any()
     split = json.loads(Path("engine/tasks/gtv/openkbp_split.json").read_text())
     assert len(split["train"]) == 136 and len(split["val"]) == 34 and not set(split["train"]) & set(split["val"])
+
+
+def test_fixed_split_selects_present_cases(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.tasks.gtv.openkbp import SPLIT_FILE
+    from engine.tasks.gtv.training import choose_split
+
+    fixed = json.loads(SPLIT_FILE.read_text())
+    ids = sorted(fixed["train"] + fixed["val"], key=lambda c: int(c.split("_")[1]))[:40]
+    ds = SimpleNamespace(training=[SimpleNamespace(case_id=i) for i in [*ids, "openkbp_9999"]])
+    train, val = choose_split(ds, GtvTrainOptions(split=str(SPLIT_FILE)))
+    assert sorted(train + val, key=ids.index) == ids and val and not set(train) & set(val)
+    assert set(val) <= set(fixed["val"])
+    again = choose_split(ds, GtvTrainOptions(split=str(SPLIT_FILE)))
+    assert again == (train, val)
