@@ -381,6 +381,8 @@ def unsealed_message(folder: Path) -> str:
 
 def check_integrity(folder: Path, raw: Mapping[str, Any], model_id: str) -> None:
     """model.json against its ``manifest_sha256``, MODEL_CARD.md against its record (small files: cheap)."""
+    # what the (possibly edited) model.json claims, so the user knows which model is refused
+    model_id = f"{model_id}' {raw.get('version')} for task '{raw.get('task')}"
     recorded = raw.get(CHECKSUM_KEY)
     if recorded is None:
         raise BundleError(unsealed_message(folder))
