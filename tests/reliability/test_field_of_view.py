@@ -4,64 +4,65 @@ segmented and staged like any other; its report.json, summary line and overview 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from engine.io.image import Image
-from engine.planning import extract_fingerprint, make_plan
-from engine.synth import generate_case, generate_dataset
+from engine.cli import main
+from engine.io.image import Image, write_image
+from engine.pipelines.runner import summary_row
+from engine.registry import load_bundle
+from engine.reporting import render_overview
+from engine.synth import generate_case
 from engine.tasks.base import FieldOfView
 from engine.tasks.esophagus import TASK
-from engine.tasks.esophagus.options import TrainOptions
-from engine.tasks.esophagus.predictor import EsophagusPredictor
-from engine.tasks.esophagus.training import train
 from engine.tasks.registry import all_tasks
 
-TINY = dict(lowres_epochs=1, fullres_epochs=1, classifier_epochs=1, steps_per_epoch=2, base_features=4,
-            max_features=8, folds=4, fold=0, val_every=1, device="cpu", seed=1)
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "esophagus-demo-0.6.0"
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fov")
-    ds = generate_dataset("esophagus", root / "data", cases=4, seed=5)
-    plan = make_plan(extract_fingerprint(ds), "esophagus", spacing=(6.0, 3.9, 3.9))
-    return EsophagusPredictor(train(root / "data", root / "model", TrainOptions(**TINY), plan=plan), "cpu")
-
-
-def _fov_warnings(report: dict) -> list[str]:
-    return [w for w in report["warnings"] if "the esophagus task needs" in w]
-
-
-def test_tiny_volume_runs_with_a_warning_in_report_and_overview(predictor, tmp_path):
+def _tiny_ct() -> Image:
+    """Every 8th slice and 12th row/column of a phantom: 8 × 8 × 8 voxels of air and tissue, 23 mm across."""
     ct = generate_case("esophagus", 0, "small").image
-    # every 8th slice and 12th row/column of a phantom: 8 × 8 × 8 voxels, air and tissue, 23 mm across
-    tiny = Image(np.ascontiguousarray(ct.array[::8, ::12, ::12]), (2.9, 2.9, 2.9), ct.origin, np.eye(3), "CT")
-    result = TASK.segment(tiny, tmp_path / "tiny", predictor, device="cpu", gradcam=False, tta="none")
+    return Image(np.ascontiguousarray(ct.array[::8, ::12, ::12]), (2.9, 2.9, 2.9), ct.origin, np.eye(3), "CT")
 
-    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
-    [warning] = _fov_warnings(report)
+
+def _fov_warnings(warnings: list[str]) -> list[str]:
+    return [w for w in warnings if "the esophagus task needs" in w]
+
+
+def test_tiny_volume_runs_with_a_warning_in_report_output_summary_and_overview(tmp_path, capsys):
+    tiny = _tiny_ct()
+    write_image(tiny, tmp_path / "tiny.nii.gz")
+    code = main(["run", "--task", "esophagus", "--input", str(tmp_path / "tiny.nii.gz"), "--out",
+                 str(tmp_path / "out"), "--model", str(DEMO_MODEL), "--device", "cpu", "--tta", "none",
+                 "--no-gradcam"])
+    assert code == 0  # a warning, not a refusal: a cropped scan may be all there is
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    [warning] = _fov_warnings(report["warnings"])
     assert "23 × 23 × 23 mm" in warning and "80 × 150 × 150 mm" in warning
     assert "mediastinum" in warning and "np." not in warning
-    assert report["predicted_stage"] in TASK.stage_names  # a warning, not a refusal
-    assert warning in result.prediction.warnings
+    assert report["predicted_stage"] in TASK.stage_names
+    assert f"Warning: {warning}" in capsys.readouterr().out
+    assert warning in summary_row(report)["warnings"]
 
-    plain = tmp_path / "plain.png"  # the same figure without warnings is shorter: the red lines are drawn
-    from engine.reporting import render_overview
-
-    render_overview(tiny, result.prediction.labels, None, [], report["stage_probabilities"], plain)
-    drawn, bare = imread(tmp_path / "tiny" / "overview.png"), imread(plain)
+    # the same figure without warnings is shorter, and the red lines sit under the title
+    labels = Image(np.zeros(tiny.shape, np.uint8), tiny.spacing, tiny.origin, tiny.direction)
+    bare = imread(render_overview(tiny, labels, None, [], report["stage_probabilities"], tmp_path / "bare.png"))
+    drawn = imread(tmp_path / "out" / "overview.png")
     assert drawn.shape[0] > bare.shape[0]
     red = np.all(np.abs(drawn[..., :3] - np.array([0.84, 0.15, 0.16])) < 0.1, axis=-1)
-    assert red[: drawn.shape[0] // 5].sum() > 200  # the red text sits under the title
+    assert red[: drawn.shape[0] // 5].sum() > 200
 
 
-def test_standard_phantom_carries_no_field_of_view_warning(predictor, tmp_path):
+def test_standard_phantom_carries_no_field_of_view_warning(tmp_path):
+    predictor = TASK.load_predictor(load_bundle(DEMO_MODEL), "cpu")
     result = TASK.segment(generate_case("esophagus", 1, "small").image, tmp_path / "std", predictor,
                           device="cpu", gradcam=False, tta="none")
-    assert _fov_warnings(result.report) == []
+    assert _fov_warnings(result.report["warnings"]) == []
     assert (tmp_path / "std" / "overview.png").is_file()
 
 
