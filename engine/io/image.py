@@ -127,7 +127,10 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None, validate:
     """Read a 3D scalar image (file or DICOM series folder) as float32.
 
     A folder is read as a DICOM series: the one with the most slices unless ``series_uid`` is given.
-    With ``validate`` the volume is checked for the problems listed in :func:`validate_image`.
+    With ``validate`` the volume is checked for the problems listed in :func:`validate_image`. Files
+    are checked for completeness first (:mod:`engine.io.integrity`: ITK would read a truncated file as
+    zeros), and a DICOM series must stack into one volume: same slice size, orientation and pixel
+    spacing, evenly spaced slices.
     """
     path = Path(path)
     if not path.exists():
@@ -189,8 +192,9 @@ def list_dicom_series(folder: str | os.PathLike) -> dict[str, list[str]]:
     """Series UID → sorted slice files of every DICOM series found directly in ``folder``."""
     folder = str(folder)
     series: dict[str, list[str]] = {}
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
-        series[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+    with quiet_itk():  # GDCM complains on the console about every non-DICOM file in the folder
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
+            series[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
     return series
 
 
