@@ -8,11 +8,20 @@ imports no network library, so listing tasks and models stays light.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from engine.tasks.base import (CancelFn, FieldOfView, Label, PlanDefaults, ProgressFn, Task, check_tta,
-                               neoplasm)
+from engine.tasks.base import (
+    CancelFn,
+    FieldOfView,
+    Label,
+    PlanDefaults,
+    ProgressFn,
+    Task,
+    check_tta,
+    neoplasm,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.pipelines.case import RunResult

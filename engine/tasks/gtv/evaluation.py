@@ -9,8 +9,9 @@ cascade's overall quality hinges on the classifier's recall (a missed abnormal s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,8 @@ def classification_markdown(cls: dict[str, Any]) -> str:
                       "Pooled over every slice of every scan; 95 % Clopper–Pearson intervals.", "",
                       "| measure | value (95 % CI) | slices |", "|---|---|---|",
                       f"| recall (abnormal slices kept) | {_fmt(cls['recall'])} | {cls['recall']['n']} |",
-                      f"| specificity (normal slices dropped) | {_fmt(cls['specificity'])} | "
-                      f"{cls['specificity']['n']} |", ""])
+                      (f"| specificity (normal slices dropped) | {_fmt(cls['specificity'])} | "
+                       f"{cls['specificity']['n']} |"), ""])
 
 
 def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | ModelBundle | GtvPredictor | None = None,

@@ -7,8 +7,8 @@ matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``: no window, 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -76,7 +76,7 @@ def render_gtv_overview(image: Image, labels: Image, heatmap: Image | None, prob
     canonical_probs = np.asarray(probabilities, dtype=float)[np.argsort(order)] if len(probabilities) == nz \
         else np.zeros(nz)
     z, y, x = _centre(lab, canonical_probs)
-    cut = lambda a, ix, flip: None if a is None else (a[ix][::-1] if flip else a[ix])  # noqa: E731
+    cut = lambda a, ix, flip: None if a is None else (a[ix][::-1] if flip else a[ix])
     fig = Figure(figsize=(17.0, 4.6), dpi=100)
     grid = fig.add_gridspec(1, 4, width_ratios=[1.0, 1.0, 1.0, 1.4])
     planes = [((z, slice(None), slice(None)), True, (0, nx * sx, 0, ny * sy), f"Axial (slice {int(order[z]) + 1}/{nz})"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from engine.data.dataset import DatasetDescription
 from engine.metrics.common import format_number
@@ -58,9 +59,9 @@ def model_card(options: GtvTrainOptions, description: DatasetDescription, metric
              *data_lines(description, training),
              f"- Intended use: {options.intended_use}." + (" Trained on synthetic phantoms." if demo else ""),
              "- Not a medical device. Do not use for diagnosis or treatment decisions.",
-             f"- Slices: body crop resized to {plan.get('image_size')}² (median body box "
-             f"{format_number(plan.get('native_box_size'), '.0f')} px), HU clip {plan.get('clip')}, z-score; "
-             f"slices with classifier probability ≥ {plan.get('threshold')} are segmented.",
+             (f"- Slices: body crop resized to {plan.get('image_size')}² (median body box "
+              f"{format_number(plan.get('native_box_size'), '.0f')} px), HU clip {plan.get('clip')}, z-score; "
+              f"slices with classifier probability ≥ {plan.get('threshold')} are segmented."),
              f"- Budget: classifier {options.classifier_epochs} and segmenter {options.segmenter_epochs} epochs at most "
              f"(early stopping patience {options.patience}), ratios {options.classifier_ratio} / "
              f"{options.segmenter_ratio}, width {options.width}, batch {options.classifier_batch_size} / "

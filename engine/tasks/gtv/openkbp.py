@@ -7,8 +7,8 @@ by their PTV70 voxel count, then one of every consecutive five drawn for validat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

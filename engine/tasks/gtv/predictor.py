@@ -23,8 +23,13 @@ from engine.pipelines.case import Prediction, StepTimer
 from engine.preprocessing.orientation import reorientation
 from engine.registry import ModelBundle
 from engine.tasks.base import CancelFn, ProgressFn
-from engine.tasks.gtv.networks import (build_classifier, build_resformer, build_segmenter, gradcam_layer,
-                                       split_outputs)
+from engine.tasks.gtv.networks import (
+    build_classifier,
+    build_resformer,
+    build_segmenter,
+    gradcam_layer,
+    split_outputs,
+)
 from engine.tasks.gtv.options import CLASSIFIER, RESFORMER, SEGMENTER
 from engine.tasks.gtv.preprocessing import GtvPlan, SlicePreprocessor, SliceRecord
 from engine.utils.device import describe_device, select_device

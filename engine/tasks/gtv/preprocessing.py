@@ -11,8 +11,9 @@ neighbour, zero outside the body box.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -58,7 +59,7 @@ class GtvPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GtvPlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> GtvPlan:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -117,7 +118,7 @@ def plan_image_size(box_sizes: Sequence[float], override: int | None = None) -> 
     if override is not None:
         return int(override)
     native = float(np.median(box_sizes)) if len(box_sizes) else float(MAX_IMAGE_SIZE)
-    size = max(SIZE_MULTIPLE, int(round(native / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    size = max(SIZE_MULTIPLE, round(native / SIZE_MULTIPLE) * SIZE_MULTIPLE)
     cap = max(SIZE_MULTIPLE, int(MAX_UPSAMPLING * native) // SIZE_MULTIPLE * SIZE_MULTIPLE)
     return int(min(size, MAX_IMAGE_SIZE, cap))
 

@@ -32,10 +32,10 @@ def check_ct(image: Image) -> None:
         raise ImageError("The input does not look like a CT in Hounsfield units (almost no voxels at air values).")
 
 
-def segment(task: "GtvTask", source: Any, out_dir: str | Path, model: Any = None, *, device: str = "auto",
-            gradcam: bool = True, overwrite: bool = False, progress: "ProgressFn | None" = None,
-            cancel: "CancelFn | None" = None, series_uid: str | None = None,
-            threshold: float | None = None) -> "RunResult":
+def segment(task: GtvTask, source: Any, out_dir: str | Path, model: Any = None, *, device: str = "auto",
+            gradcam: bool = True, overwrite: bool = False, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None, series_uid: str | None = None,
+            threshold: float | None = None) -> RunResult:
     """All result files or none (``engine.pipelines.case.segment_case``); ``report.json`` carries
     ``slice_probabilities`` (one per input slice, input order) and ``slices_kept``."""
     from engine.pipelines.case import segment_case
@@ -55,7 +55,7 @@ def segment(task: "GtvTask", source: Any, out_dir: str | Path, model: Any = None
                             title=f"{Path(str(result.report['input']['path'])).name} — GTV "
                                   f"{prediction.volumes_cm3.get('GTV', 0.0):.2f} cm³ "
                                   f"({model_info.get('id')} {model_info.get('version')})")
-    except Exception:  # noqa: BLE001 - a figure must never fail a finished segmentation
+    except Exception:
         log.exception("Could not draw the GTV overview; the generic overview.png is kept.")
     return result
 

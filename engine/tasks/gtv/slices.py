@@ -8,8 +8,9 @@ dominate the run. OpenKBP (170 × 128 slices) at 128² takes about 0.7 GB as flo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +18,15 @@ from torch.utils.data import Dataset
 
 from engine.data.dataset import Case
 from engine.errors import Cancelled, TrainingError
-from engine.tasks.gtv.preprocessing import (GtvPlan, SlicePreprocessor, SliceRecord, body_box, body_mask,
-                                            body_sample, plan_from_cases)
+from engine.tasks.gtv.preprocessing import (
+    GtvPlan,
+    SlicePreprocessor,
+    SliceRecord,
+    body_box,
+    body_mask,
+    body_sample,
+    plan_from_cases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,7 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, case_ids: Sequence[str]) -> "SliceSet":
+    def subset(self, case_ids: Sequence[str]) -> SliceSet:
         wanted = [i for i, c in enumerate(self.case_ids) if c in set(case_ids)]
         keep = np.isin(self.case_index, wanted)
         remap = {old: new for new, old in enumerate(wanted)}
@@ -148,7 +156,7 @@ class SliceSamples(Dataset):
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
 
     def __len__(self) -> int:
-        return int(len(self.indices))
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         k = int(self.indices[i])
@@ -170,7 +178,7 @@ class FixedSlices(Dataset):
         self.indices = np.arange(len(slices)) if indices is None else np.asarray(indices)
 
     def __len__(self) -> int:
-        return int(len(self.indices))
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         k = int(self.indices[i])

@@ -13,9 +13,10 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,14 +24,29 @@ from torch import nn
 
 from engine.data.dataset import RawDataset
 from engine.errors import Cancelled, TrainingError
-from engine.pipelines.training_run import (CANCELLED_MESSAGE, PhaseTaggedCallbacks, check_resume, command_line,
-                                           epoch_metrics, record_run, run_record, work_dir)
+from engine.pipelines.training_run import (
+    CANCELLED_MESSAGE,
+    PhaseTaggedCallbacks,
+    check_resume,
+    command_line,
+    epoch_metrics,
+    record_run,
+    run_record,
+    work_dir,
+)
 from engine.registry import ModelBundle, save_bundle
 from engine.registry.bundle import check_bundle_target
 from engine.tasks.gtv import TASK, TUMOUR
 from engine.tasks.gtv.model_card import model_card
-from engine.tasks.gtv.networks import (architecture_record, build_classifier, build_resformer, build_segmenter,
-                                       resformer_loss, segmentation_loss, split_outputs)
+from engine.tasks.gtv.networks import (
+    architecture_record,
+    build_classifier,
+    build_resformer,
+    build_segmenter,
+    resformer_loss,
+    segmentation_loss,
+    split_outputs,
+)
 from engine.tasks.gtv.options import CLASSIFIER, RESFORMER, SEGMENTER, GtvTrainOptions
 from engine.tasks.gtv.preprocessing import GtvPlan
 from engine.tasks.gtv.slices import FixedSlices, SliceSamples, SliceSet, load_slices

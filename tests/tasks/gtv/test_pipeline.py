@@ -74,7 +74,7 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
     assert bundle.plan["image_size"] == 64 and bundle.plan["threshold"] == 0.5
     assert "OpenKBP" not in (bundle.read_model_card() or "") and "Training command" in bundle.read_model_card()
 
-    image = sorted((phantoms / "imagesTr").iterdir())[0]
+    image = min((phantoms / "imagesTr").iterdir())
     out = tmp_path / "run"
     assert main(["run", "--task", "gtv", "--input", str(image), "--out", str(out), "--model", str(model),
                  "--device", "cpu"]) == 0

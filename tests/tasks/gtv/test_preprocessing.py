@@ -6,7 +6,7 @@ import numpy as np
 
 from engine.io.image import Image
 from engine.metrics import dice
-from engine.tasks.gtv.preprocessing import (GtvPlan, SlicePreprocessor, body_box, body_mask, plan_image_size)
+from engine.tasks.gtv.preprocessing import GtvPlan, SlicePreprocessor, body_box, body_mask, plan_image_size
 
 
 def phantom(flip: bool = False) -> tuple[Image, np.ndarray]:
