@@ -104,6 +104,11 @@ class RunOutcome:
         return dict(self.report.get("stage_probabilities") or {})
 
     @property
+    def slice_probabilities(self) -> list[float]:
+        """One tumour probability per input slice (K order); empty for a task that reports none."""
+        return [float(p) for p in self.report.get("slice_probabilities") or []]
+
+    @property
     def volumes_cm3(self) -> dict[str, float]:
         return self.report["volumes_cm3"]
 
@@ -340,6 +345,12 @@ class TaskLogic(ScriptedLoadableModuleLogic):
         return bool(self.task.stage_names)
 
     @property
+    def action_name(self) -> str:
+        """What the run is called in the panel and in messages: "Segment & Stage", or "Segment" for a
+        task without stages."""
+        return "Segment & Stage" if self.has_stages else "Segment"
+
+    @property
     def can_fine_tune(self) -> bool:
         return can_fine_tune(self.task)
 
@@ -436,7 +447,7 @@ class TaskLogic(ScriptedLoadableModuleLogic):
         dims = image.GetDimensions()
         if min(dims) < 2:
             raise TaskInputError(f"'{name}' is 2D ({dims[0]}×{dims[1]}×{dims[2]} voxels); "
-                                 f"Segment & Stage needs a 3D {modality} volume.")
+                                 f"{self.action_name} needs a 3D {modality} volume.")
 
     def resolve_model(self, model: str | None) -> Any:
         """The bundle a run will use, checked for this task (checksums: in the run itself)."""
@@ -529,7 +540,7 @@ class TaskLogic(ScriptedLoadableModuleLogic):
         while self.poll(job) is JobState.RUNNING:
             time.sleep(poll_interval_s)
         if job.state is not JobState.SUCCEEDED or job.outcome is None:
-            raise RuntimeError(f"Segment & Stage failed: {job.error or job.state.value}")
+            raise RuntimeError(f"{self.action_name} failed: {job.error or job.state.value}")
         return job.outcome
 
     def results_for(self, volume: Any) -> RunOutcome | None:

@@ -10,6 +10,9 @@ look and behave the same in the scene:
   foreground over the input at ~40 % opacity;
 - a volume table (structure, cm³) and, for a task that stages, a stage-probability table with a
   bar chart;
+- for a task whose report has ``slice_probabilities`` (one classifier probability per input slice),
+  a slice table (slice index, position in mm, probability, kept) with a line chart and the
+  classifier's threshold (``slice_threshold``);
 - all of them named after the input, tagged with the module (owner) and the input node ID, and
   placed in one folder under the input's study in the subject hierarchy.
 
@@ -44,6 +47,7 @@ HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 DEFAULT_GRADCAM_OPACITY = 0.4
 STRUCTURE_COLUMN, VOLUME_COLUMN = "Structure", "Volume [cm3]"
 STAGE_COLUMN, PROBABILITY_COLUMN, INDEX_COLUMN = "Stage", "Probability", "Index"
+SLICE_COLUMN, POSITION_COLUMN, KEPT_COLUMN, THRESHOLD_COLUMN = "Slice", "z [mm]", "Kept", "Threshold"
 
 
 class ResultImportError(RuntimeError):
@@ -72,10 +76,16 @@ class ResultNodes:
     gradcam: Any | None = None
     folder_item: int = 0
     report: dict[str, Any] = field(default_factory=dict)
+    #: None unless the report has ``slice_probabilities``.
+    slice_table: Any | None = None
+    slice_chart: Any | None = None
+    #: the probability curve, then the threshold line when the report gives one
+    slice_series: list[Any] = field(default_factory=list)
 
     def nodes(self) -> list[Any]:
         return [n for n in (self.segmentation, self.gradcam, self.volume_table, self.probability_table,
-                            self.probability_series, self.probability_chart) if n is not None]
+                            self.probability_series, self.probability_chart, self.slice_table,
+                            *self.slice_series, self.slice_chart) if n is not None]
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -270,6 +280,72 @@ def add_probability_chart(scene: Any, table: Any, name: str) -> tuple[Any, Any]:
     return chart, series
 
 
+def slice_positions_mm(volume: Any, count: int) -> list[float] | None:
+    """The S (z) coordinate in mm of the centre of each of the ``count`` slices (K index) of ``volume``;
+    None when the volume does not have that many slices (the position cannot be derived)."""
+    image = volume.GetImageData()
+    if image is None:
+        return None
+    dims = image.GetDimensions()
+    if dims[2] != count:
+        return None
+    m = ijk_to_ras(volume)
+    centre_i, centre_j = (dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0
+    return [float(m[2] @ np.array([centre_i, centre_j, float(k), 1.0])) for k in range(count)]
+
+
+def add_slice_probabilities(scene: Any, input_volume: Any, report: dict[str, Any],
+                            name: str) -> tuple[Any, Any, list[Any]] | None:
+    """Table and line chart of the report's ``slice_probabilities`` (None when it has none).
+
+    Columns: slice index (K), z in mm (when the input's geometry gives one per slice), probability,
+    kept ("yes"/"no": in ``slices_kept``, the slices the segmenter ran on) and, when the report gives
+    ``slice_threshold``, that threshold, drawn as a dashed line."""
+    probabilities = [float(p) for p in report.get("slice_probabilities") or []]
+    if not probabilities:
+        return None
+    kept = {int(k) for k in report.get("slices_kept") or []}
+    threshold = report.get("slice_threshold")
+    indices = list(range(len(probabilities)))
+    columns: list[tuple[str, str, list[Any]]] = [(SLICE_COLUMN, "double", indices)]
+    positions = slice_positions_mm(input_volume, len(probabilities))
+    if positions is None:
+        log.warning("%d slice probabilities for a volume of another slice count: no z positions",
+                    len(probabilities))
+    else:
+        columns.append((POSITION_COLUMN, "double", positions))
+    columns += [(PROBABILITY_COLUMN, "double", probabilities),
+                (KEPT_COLUMN, "string", ["yes" if k in kept else "no" for k in indices])]
+    if threshold is not None:
+        columns.append((THRESHOLD_COLUMN, "double", [float(threshold)] * len(probabilities)))
+    table = add_table(scene, name, columns)
+
+    def line(y_column: str, colour: tuple[float, float, float], style: int) -> Any:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {y_column.lower()}")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(SLICE_COLUMN)
+        series.SetYColumnName(y_column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
+        series.SetLineStyle(style)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        series.SetColor(*colour)
+        return series
+
+    series = [line(PROBABILITY_COLUMN, (0.85, 0.25, 0.2), slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)]
+    if threshold is not None:
+        series.append(line(THRESHOLD_COLUMN, (0.4, 0.4, 0.4), slicer.vtkMRMLPlotSeriesNode.LineStyleDash))
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+    for s in series:
+        chart.AddAndObservePlotSeriesNodeID(s.GetID())
+    chart.SetTitle("Tumour probability per slice")
+    chart.SetXAxisTitle("Slice")
+    chart.SetYAxisTitle("Probability")
+    chart.SetYAxisRangeAuto(False)
+    chart.SetYAxisRange(0.0, 1.0)
+    chart.SetLegendVisibility(threshold is not None)
+    return table, chart, series
+
+
 def _place_in_hierarchy(scene: Any, input_volume: Any, owner: str, nodes: Sequence[Any]) -> int:
     """One folder under the input's parent (its study when loaded from DICOM) holding ``nodes``."""
     sh = scene.GetSubjectHierarchyNode()
@@ -303,7 +379,8 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
     results for that input. All or nothing: on any error the scene is left as it was.
 
     The probability table and chart are made only ``with_stages`` (the task stages) and when the
-    report holds stage probabilities, so a segmentation-only task shows no empty chart."""
+    report holds stage probabilities, so a segmentation-only task shows no empty chart; the slice
+    table and chart only when the report holds ``slice_probabilities``."""
     run_dir = Path(run_dir)
     report = load_report(run_dir)
     labelmap = read_volume_file(run_dir / SEGMENTATION_FILE, "vtkMRMLLabelMapVolumeNode")
@@ -339,9 +416,14 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
             created.append(probability_table)
             chart, series = add_probability_chart(scene, probability_table, f"{base} stage probabilities chart")
             created += [series, chart]
+        slice_nodes = add_slice_probabilities(scene, input_volume, report, f"{base} slice probabilities")
+        slice_table, slice_chart, slice_series = slice_nodes or (None, None, [])
+        if slice_nodes:
+            created += [slice_table, *slice_series, slice_chart]
         for node, role in ((seg, "segmentation"), (gradcam, "gradcam"), (volume_table, "volume_table"),
                            (probability_table, "probability_table"), (series, "probability_series"),
-                           (chart, "probability_chart")):
+                           (chart, "probability_chart"), (slice_table, "slice_table"),
+                           (slice_chart, "slice_chart"), *((s, "slice_series") for s in slice_series)):
             if node is not None:
                 _tag(node, owner, input_volume, role)
         remove_result_nodes(scene, input_volume, owner, keep=created)
@@ -356,12 +438,14 @@ def import_run_results(scene: Any, input_volume: Any, run_dir: str | Path, owner
     log.info("Imported %s results for '%s' from %s", owner, base, run_dir)
     return ResultNodes(segmentation=seg, gradcam=gradcam, volume_table=volume_table,
                        probability_table=probability_table, probability_chart=chart, probability_series=series,
-                       folder_item=folder, report=report)
+                       folder_item=folder, report=report, slice_table=slice_table, slice_chart=slice_chart,
+                       slice_series=slice_series)
 
 
 def find_results(scene: Any, input_volume: Any, owner: str) -> ResultNodes | None:
     """The current results of ``owner`` for ``input_volume`` (e.g. after loading a saved scene)."""
-    by_role = {n.GetAttribute(ROLE_ATTRIBUTE): n for n in result_nodes_of(scene, input_volume, owner)}
+    owned = result_nodes_of(scene, input_volume, owner)
+    by_role = {n.GetAttribute(ROLE_ATTRIBUTE): n for n in owned}
     if "segmentation" not in by_role or "volume_table" not in by_role:
         return None
     # Scenes saved before segmentation-only tasks existed keep the report on the probability table.
@@ -372,7 +456,9 @@ def find_results(scene: Any, input_volume: Any, owner: str) -> ResultNodes | Non
                        volume_table=by_role["volume_table"], probability_table=by_role.get("probability_table"),
                        probability_chart=by_role.get("probability_chart"),
                        probability_series=by_role.get("probability_series"),
-                       folder_item=folders[0] if folders else 0, report=json.loads(report_text))
+                       folder_item=folders[0] if folders else 0, report=json.loads(report_text),
+                       slice_table=by_role.get("slice_table"), slice_chart=by_role.get("slice_chart"),
+                       slice_series=[n for n in owned if n.GetAttribute(ROLE_ATTRIBUTE) == "slice_series"])
 
 
 # ---------------------------------------------------------------------------------------- display and export

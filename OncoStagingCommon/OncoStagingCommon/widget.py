@@ -3,7 +3,9 @@
 The only file of this package that imports Qt; it runs in the Slicer application only. All the
 work is in :class:`OncoStagingCommon.logic.TaskLogic` (tested headless). A module's .ui must hold
 every ``self.ui.<name>`` widget used here; the stage widgets (stage label, probability table,
-chart button) are hidden for a task without stages.
+chart button) are hidden for a task without stages. For such a task, a run whose report has
+``slice_probabilities`` fills the same place with the slice table and chart (the module's .ui
+words its captions), and the run button says "Segment" instead of "Segment & Stage".
 """
 
 from __future__ import annotations
@@ -130,8 +132,9 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(DEVICE_TEXT.get(value, value.upper()), value)
             self.ui.trainingDeviceComboBox.addItem(DEVICE_TEXT.get(value, value.upper()), value)
         self.ui.stageLabel.setStyleSheet("font-size: 28pt; font-weight: bold;")
-        for w in (self.ui.stageLabel, self.ui.probabilityTableView, self.ui.showChartButton):
+        for w in (self.ui.stageCaptionLabel, self.ui.stageLabel):
             w.visible = self.logic.has_stages
+        self.setChartPlaceVisible(self.logic.has_stages)
         self.ui.fineTuneCheckBox.visible = self.logic.can_fine_tune
         self.ui.resultsCollapsibleButton.collapsed = True
         self.ui.trainingCollapsibleButton.collapsed = True
@@ -264,7 +267,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self):
         running = self._job is not None
         volume = self.ui.inputVolumeSelector.currentNode()
-        self.ui.applyButton.text = "Cancel" if running else "Segment && Stage"
+        self.ui.applyButton.text = "Cancel" if running else self.logic.action_name.replace("&", "&&")
         self.ui.applyButton.enabled = running or (volume is not None and self.currentCard() is not None)
         self.ui.applyButton.toolTip = "" if self.ui.applyButton.enabled else \
             f"Choose a {self.logic.task.modality} volume and a model."
@@ -312,7 +315,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.resetSliceViews()
             elif job.state is JobState.FAILED:
                 self.ui.statusLabel.text = "Failed."
-                slicer.util.errorDisplay(f"Segment & Stage failed:\n{job.error}")
+                slicer.util.errorDisplay(f"{self.logic.action_name} failed:\n{job.error}")
             self.updateButtons()
         if self._trainingJob is not None:
             self.pollTraining()
@@ -332,13 +335,30 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = self.ui.inputVolumeSelector.currentNode()
         return self.logic.results_for(volume) if volume is not None and self.logic else None
 
+    def setChartPlaceVisible(self, visible: bool) -> None:
+        """The probability caption, table and chart button: stage probabilities, or slice probabilities."""
+        for w in (self.ui.probabilityCaptionLabel, self.ui.probabilityTableView, self.ui.showChartButton):
+            w.visible = bool(visible)
+
+    @staticmethod
+    def chartNodes(outcome) -> tuple[Any, Any]:
+        """The (table, chart) the panel shows: the stage probabilities, else the slice probabilities."""
+        if outcome is None:
+            return None, None
+        nodes = outcome.nodes
+        if nodes.probability_chart is not None:
+            return nodes.probability_table, nodes.probability_chart
+        return nodes.slice_table, nodes.slice_chart
+
     def showResults(self):
         outcome = self.currentOutcome()
         has = outcome is not None
         for w in (self.ui.show3DCheckBox, self.ui.gradcamVisibleCheckBox, self.ui.gradcamOpacitySlider,
                   self.ui.exportSegButton):
             w.enabled = has
-        self.ui.showChartButton.enabled = has and outcome.nodes.probability_chart is not None
+        table, chart = self.chartNodes(outcome)
+        self.setChartPlaceVisible(self.logic.has_stages or table is not None)
+        self.ui.showChartButton.enabled = chart is not None
         volume = self.ui.inputVolumeSelector.currentNode()
         self.ui.exportDicomSegButton.enabled = has and volume is not None and results.came_from_dicom(volume)
         if not has:
@@ -348,7 +368,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.volumeTableView.setMRMLTableNode(None)
             return
         self.ui.stageLabel.text = outcome.predicted_stage or "–"
-        self.ui.probabilityTableView.setMRMLTableNode(outcome.nodes.probability_table)
+        self.ui.probabilityTableView.setMRMLTableNode(table)
         self.ui.volumeTableView.setMRMLTableNode(outcome.nodes.volume_table)
         warnings = outcome.warnings + [f"Model: {outcome.report.get('model', {}).get('intended_use', '')}"]
         self.ui.warningsLabel.text = "\n".join(f"⚠ {w}" for w in warnings if w)
@@ -374,9 +394,10 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             results.set_gradcam_opacity(slicer.mrmlScene, outcome.nodes.gradcam, value)
 
     def onShowChart(self):
-        outcome = self.currentOutcome()
-        if outcome and outcome.nodes.probability_chart is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(outcome.nodes.probability_chart)
+        """The stage (or slice) probability chart in the layout's plot view."""
+        _, chart = self.chartNodes(self.currentOutcome())
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     def onExportSeg(self):
         volume = self.ui.inputVolumeSelector.currentNode()
@@ -411,8 +432,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         fine_tune = self.logic.can_fine_tune and self.ui.fineTuneCheckBox.checked
         if fine_tune and not self.ui.modelComboBox.currentData:
-            slicer.util.errorDisplay("Select the model to fine-tune under Segment & Stage, or untick "
-                                     "'Fine-tune the selected model'.")
+            slicer.util.errorDisplay(f"Select the model to fine-tune under {self.logic.action_name}, or "
+                                     "untick 'Fine-tune the selected model'.")
             return
         request = TrainingRequest(dataset=self.ui.datasetPathLineEdit.currentPath,
                                   model_name=self.ui.modelNameLineEdit.text, epochs=self.ui.epochsSpinBox.value,

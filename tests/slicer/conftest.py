@@ -71,8 +71,8 @@ def install_scripted_module_stand_in() -> None:
 
 if HAVE_SLICER:
     install_scripted_module_stand_in()
-    for folder in (REPO / "OncoStagingCommon", REPO / "EsophagusStaging", REPO / "tests" / "plugins",
-                   Path(__file__).parent):
+    for folder in (REPO / "OncoStagingCommon", REPO / "EsophagusStaging", REPO / "GTVSeg",
+                   REPO / "tests" / "plugins", Path(__file__).parent):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
 

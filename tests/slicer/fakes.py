@@ -51,10 +51,15 @@ class FakeRun:
 
 class FakeEngine:
     """A launcher standing in for the engine: records each command and its environment; a ``run``
-    writes what the engine writes (label map on the input's grid, report.json) for ``task``."""
+    writes what the engine writes (label map on the input's grid, report.json) for ``task``; with
+    ``slice_probabilities`` the report also has the gtv task's per-slice fields (one probability per
+    input slice, ``slices_kept``, ``slice_threshold``); with ``gradcam`` it writes a Grad-CAM map too
+    (unless the command says ``--no-gradcam``)."""
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, slice_probabilities: bool = False, gradcam: bool = False):
         self.task = task
+        self.slice_probabilities = slice_probabilities
+        self.gradcam = gradcam
         self.commands: list[list[str]] = []
         self.envs: list[dict[str, str]] = []
         self.runs: list[FakeRun] = []
@@ -76,11 +81,17 @@ class FakeEngine:
         out.mkdir(parents=True, exist_ok=True)
         image = sitk.ReadImage(option["--input"])
         labels = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+        values = {lab.value for lab in self.task.labels}
         labels[2:6, 4:10, 4:10] = LESION
-        labels[2:6, 12:20, 4:12] = ORGAN
+        if ORGAN in values:
+            labels[2:6, 12:20, 4:12] = ORGAN
         label_image = sitk.GetImageFromArray(labels)
         label_image.CopyInformation(image)
         sitk.WriteImage(label_image, str(out / results.SEGMENTATION_FILE))
+        if self.gradcam and "--no-gradcam" not in args:
+            cam = sitk.GetImageFromArray((labels == LESION).astype(np.float32) * 0.8)
+            cam.CopyInformation(image)
+            sitk.WriteImage(cam, str(out / results.GRADCAM_FILE))
         voxel_cm3 = float(np.prod(image.GetSpacing())) / 1000.0
         report: dict[str, Any] = {"task": self.task.name, "model": {"intended_use": "tests"}, "warnings": [],
                                   "volumes_cm3": {lab.name: float((labels == lab.value).sum()) * voxel_cm3
@@ -90,6 +101,10 @@ class FakeEngine:
             probabilities /= probabilities.sum()
             report["stage_probabilities"] = dict(zip(self.task.stage_names, probabilities.tolist()))
             report["predicted_stage"] = self.task.stage_names[-1]
+        if self.slice_probabilities:  # slices 2..5 hold the lesion: high probability there
+            probabilities = [0.9 if 2 <= k < 6 else 0.05 for k in range(labels.shape[0])]
+            report.update(slice_probabilities=probabilities, slice_threshold=0.5,
+                          slices_kept=[k for k, p in enumerate(probabilities) if p >= 0.5])
         (out / results.REPORT_FILE).write_text(json.dumps(report))
 
 

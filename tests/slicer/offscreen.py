@@ -3,7 +3,11 @@
 Used by ``test_rendering.py`` (pixel checks) and, run as a script, to make the extension's
 screenshots in ``Resources/Screenshots/`` from the same glue path the module uses::
 
-    python tests/slicer/offscreen.py            # writes Resources/Screenshots/*.png
+    python tests/slicer/offscreen.py                  # writes Resources/Screenshots/*.png
+    python tests/slicer/offscreen.py --gtv-ct CT.nii.gz   # GTVSeg's on that CT (default: a gtv phantom)
+
+The GTVSeg screenshots are made only when a trained ``gtv`` model is installed (none ships with the
+repository); otherwise they are skipped, never drawn from anything but a model's output.
 """
 
 from __future__ import annotations
@@ -218,5 +222,68 @@ def make_screenshots(out_dir=None) -> list:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
+    """GTVSeg: Segment ``ct_path`` (default: a gtv phantom) with the installed ``gtv`` model, import the
+    run through the module's glue and render the GTV in 3D and an axial slice through the Grad-CAM peak.
+    Returns [] (and makes nothing) when no gtv model is installed."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
+    from conftest import HeadlessSlicer
+
+    import SimpleITK as sitk
+
+    from engine.errors import EngineError
+    from engine.io.image import write_image
+    from engine.pipelines.outputs import segments_from_labels
+    from engine.registry import find_bundle
+    from engine.synth import generate_case
+    from engine.tasks import get_task
+    from OncoStagingCommon import results
+
+    try:
+        bundle = find_bundle("gtv")
+    except EngineError as exc:
+        print(f"GTVSeg screenshots skipped: no trained gtv model is installed ({exc})")
+        return []
+    out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="oncostaging-gtv-screens-"))
+    try:
+        ct_file = Path(ct_path) if ct_path else work / "gtv_phantom_ct.nii.gz"
+        if not ct_path:
+            write_image(generate_case("gtv", 1, "small").channels[0], ct_file)
+        run = work / "run"
+        get_task("gtv").segment(ct_file, run, bundle, device="cpu")
+        headless = HeadlessSlicer()
+        ct = headless.load_volume(ct_file, "CT")
+        three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
+        axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
+        nodes = results.import_run_results(headless.scene, ct, run, "GTVSeg", segments_from_labels(bundle.labels),
+                                           with_stages=False)
+        written = [out_dir / "GTVSeg-3D.png", out_dir / "GTVSeg-GradCAM.png"]
+        save_png(three_d.render("Anterior"), written[0])
+        cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
+        peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
+        save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
+        kept = len(nodes.report.get("slices_kept") or [])
+        print(f"model {bundle.id} {bundle.version}; {kept} of {len(nodes.report.get('slice_probabilities') or [])} "
+              f"slices segmented; wrote " + ", ".join(str(p) for p in written))
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gtv-ct", help="CT for the GTVSeg screenshots (default: a gtv phantom)")
+    arguments = parser.parse_args()
     make_screenshots()
+    make_gtv_screenshots(ct_path=arguments.gtv_ct)

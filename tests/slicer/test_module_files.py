@@ -14,13 +14,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["EsophagusStaging"]
+MODULES = ["EsophagusStaging", "GTVSeg"]
 SHARED_WIDGET = REPO / "OncoStagingCommon" / "OncoStagingCommon" / "widget.py"
 #: What only the shared logic and panel do: run and poll engine processes, build results, keep GUI state.
 SHARED_ONLY = ("EngineJob", "subprocess", "Launcher", "poll(", "import_run_results", "engine.pipelines",
                "--progress", "parameterNodeWrapper")
 PAPER = ("Segmentation prompts classification: nnU-Net-based 3D transfer learning with ROI tokenization and "
          "cross-task attention for esophageal cancer T-stage diagnosis (nn-TransEC)")
+#: The method each module's help text names.
+METHODS = {"EsophagusStaging": PAPER, "GTVSeg": "Shi et al., decoupled GTV segmentation on CT"}
+
+
+def module_task(module: str):
+    """The task a module names (``TASK = "..."`` in its module file)."""
+    from engine.tasks import get_task
+
+    source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
+    return get_task(re.search(r'^TASK = "([\w-]+)"$', source, re.M).group(1))
 
 
 def ui_path(module: str) -> Path:
@@ -87,7 +97,8 @@ def test_ui_loads_and_has_every_widget_the_code_uses(qt_app, module):
     by_name = {w.objectName(): w for w in widget.findChildren(QtWidgets.QWidget)}
     assert by_name["inputVolumeSelector"].property("slicerClass") == "qMRMLNodeComboBox"
     assert by_name["trainingCollapsibleButton"].property("slicerClass") == "ctkCollapsibleButton"
-    assert by_name["applyButton"].text() == "Segment && Stage"
+    # the .ui's wording is what the shared panel shows when idle: "Segment" for a task without stages
+    assert by_name["applyButton"].text() == ("Segment && Stage" if module_task(module).stage_names else "Segment")
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -155,7 +166,7 @@ def test_extension_metadata_and_catalog_entry():
 def test_module_help_says_research_only_and_cites_the_paper(module):
     source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
     assert "research use only" in source.lower()
-    assert PAPER in source
+    assert METHODS[module] in source
     assert re.search(r'categories = \["Oncology"\]', source)
 
 

@@ -1,7 +1,8 @@
 """The shared task logic with tasks other than the esophagus: the plug-in toy task (stages "low" and
-"high") and a segmentation-only task. Labels and stages come from the task declaration; a fake engine
-process writes the run folder, so these tests need no model; one test runs the real engine in a child
-process that finds the plug-in through ``$ONCOSTAGING_TASKS``."""
+"high"), a segmentation-only task and the built-in ``gtv`` task (one "GTV" label, per-slice
+probabilities). Labels and stages come from the task declaration; a fake engine process writes the run
+folder, so these tests need no model; one test runs the real engine in a child process that finds the
+plug-in through ``$ONCOSTAGING_TASKS``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytest.importorskip("slicer", reason="slicer-core is not installed; install the 
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 
-from engine.tasks import TASKS_ENV, Task, unregister_task  # noqa: E402
+from engine.tasks import TASKS_ENV, Task, get_task, unregister_task  # noqa: E402
 from OncoStagingCommon import results  # noqa: E402
 from OncoStagingCommon.logic import (  # noqa: E402
     RunOptions,
@@ -82,6 +83,93 @@ def test_a_task_without_stages_shows_no_probability_table(headless, volume, segm
     count = headless.scene.GetNumberOfNodes()
     logic.process(volume, RunOptions(model=model), poll_interval_s=0)
     assert headless.scene.GetNumberOfNodes() == count
+
+
+def test_a_gtv_run_shows_the_gtv_and_the_slice_probability_chart(headless, volume, tmp_path):
+    """The ``gtv`` task (GTVSeg): one "GTV" segment in the task's colour and terminology, Grad-CAM,
+    volume table, and the per-slice probabilities as a table and a line chart; no stage table."""
+    from engine.pipelines.outputs import segments_from_labels
+
+    gtv = get_task("gtv")
+    engine = FakeEngine(gtv, slice_probabilities=True, gradcam=True)
+    logic = TaskLogic("gtv", scene=headless.scene, launcher=engine)
+    assert logic.module_name == "GTVSeg" and not logic.has_stages and logic.action_name == "Segment"
+    model = str(save_model(gtv, tmp_path))
+    seen = []
+    outcome = logic.process(volume, RunOptions(model=model, device="cpu", tta="none"), on_progress=seen.append,
+                            poll_interval_s=0)
+    assert engine.commands[0][:3] == ["run", "--task", "gtv"] and seen[-1].message == "Done"
+
+    segmentation = outcome.nodes.segmentation.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment = segmentation.GetNthSegment(0)
+    (label,) = gtv.labels
+    (expected,) = segments_from_labels(gtv.labels)
+    assert segment.GetName() == label.name == "GTV"
+    assert np.allclose(segment.GetColor(), [c / 255 for c in label.color])
+    terminology = segment.GetTerminology() if hasattr(segment, "GetTerminology") else \
+        segment.GetTag(segment.GetTerminologyEntryTagName())[1]
+    assert expected.terminology and terminology == expected.terminology
+    assert "108369006^Neoplasm" in terminology
+    assert segmentation.ContainsRepresentation("Closed surface")
+    gtv_voxels = slicer.util.arrayFromSegmentBinaryLabelmap(outcome.nodes.segmentation, "GTV", volume)
+    assert gtv_voxels.sum() == 4 * 6 * 6
+
+    assert outcome.nodes.gradcam is not None
+    assert slicer.util.arrayFromVolume(outcome.nodes.gradcam).max() == pytest.approx(0.8)
+    volumes = outcome.nodes.volume_table.GetTable()
+    assert volumes.GetNumberOfRows() == 1 and volumes.GetValue(0, 0).ToString() == "GTV"
+    assert outcome.predicted_stage is None and outcome.nodes.probability_table is None
+    assert outcome.nodes.probability_chart is None and outcome.nodes.probability_series is None
+
+    slices = volume.GetImageData().GetDimensions()[2]
+    assert len(outcome.slice_probabilities) == slices == 8
+    table = outcome.nodes.slice_table.GetTable()
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert columns == [results.SLICE_COLUMN, results.POSITION_COLUMN, results.PROBABILITY_COLUMN,
+                       results.KEPT_COLUMN, results.THRESHOLD_COLUMN]
+    assert table.GetNumberOfRows() == slices
+    column = {name: [table.GetValueByName(r, name) for r in range(slices)] for name in columns}
+    assert [v.ToDouble() for v in column[results.SLICE_COLUMN]] == list(range(slices))
+    assert [v.ToDouble() for v in column[results.POSITION_COLUMN]] == [30.0 + 4.0 * k for k in range(slices)]
+    assert [v.ToDouble() for v in column[results.PROBABILITY_COLUMN]] == outcome.slice_probabilities
+    assert [v.ToString() for v in column[results.KEPT_COLUMN]] == ["yes" if 2 <= k < 6 else "no" for k in range(8)]
+    assert {v.ToDouble() for v in column[results.THRESHOLD_COLUMN]} == {0.5}
+
+    curve, threshold = outcome.nodes.slice_series
+    chart = outcome.nodes.slice_chart
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    assert [chart.GetNthPlotSeriesNodeID(i) for i in range(2)] == [curve.GetID(), threshold.GetID()]
+    for series, y in ((curve, results.PROBABILITY_COLUMN), (threshold, results.THRESHOLD_COLUMN)):
+        assert series.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeLine
+        assert series.GetTableNodeID() == outcome.nodes.slice_table.GetID()
+        assert (series.GetXColumnName(), series.GetYColumnName()) == (results.SLICE_COLUMN, y)
+        assert series.GetTableNode().GetTable().GetNumberOfRows() == slices  # one point per slice
+    assert threshold.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+
+    roles = sorted(n.GetAttribute(results.ROLE_ATTRIBUTE) for n in outcome.nodes.nodes())
+    assert roles == ["gradcam", "segmentation", "slice_chart", "slice_series", "slice_series", "slice_table",
+                     "volume_table"]
+    assert all(n.GetAttribute(results.OWNER_ATTRIBUTE) == "GTVSeg" for n in outcome.nodes.nodes())
+    found = logic.results_for(volume)  # e.g. after the panel is reopened or the scene reloaded
+    assert found.nodes.slice_table is outcome.nodes.slice_table and found.nodes.slice_chart is chart
+    assert found.nodes.slice_series == [curve, threshold] and found.slice_probabilities == outcome.slice_probabilities
+    count = headless.scene.GetNumberOfNodes()
+    logic.process(volume, RunOptions(model=model, tta="none"), poll_interval_s=0)  # a re-run replaces them
+    assert headless.scene.GetNumberOfNodes() == count
+
+
+def test_slice_probabilities_without_a_matching_grid_or_threshold(headless, volume):
+    """A report whose slice count differs from the volume's has no z column; without
+    ``slice_threshold`` there is no threshold line; without ``slice_probabilities`` nothing is made."""
+    report = {"slice_probabilities": [0.1, 0.7, 0.2], "slices_kept": [1]}
+    table, chart, series = results.add_slice_probabilities(headless.scene, volume, report, "odd")
+    t = table.GetTable()
+    assert [t.GetColumnName(c) for c in range(t.GetNumberOfColumns())] == [
+        results.SLICE_COLUMN, results.PROBABILITY_COLUMN, results.KEPT_COLUMN]
+    assert [t.GetValue(r, 2).ToString() for r in range(3)] == ["no", "yes", "no"]
+    assert len(series) == 1 and chart.GetNumberOfPlotSeriesNodes() == 1
+    assert results.add_slice_probabilities(headless.scene, volume, {"volumes_cm3": {}}, "none") is None
 
 
 def test_cancel_stops_the_process_and_leaves_the_scene_as_it_was(headless, volume, toy, tmp_path):

@@ -24,6 +24,7 @@ from OncoStagingCommon.logic import TaskLogic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 UI = REPO / "EsophagusStaging" / "Resources" / "UI" / "EsophagusStaging.ui"
+GTV_UI = REPO / "GTVSeg" / "Resources" / "UI" / "GTVSeg.ui"
 
 
 class Combo:
@@ -81,23 +82,25 @@ def panel_of(headless, monkeypatch):
     wrapper.parameterNodeWrapper, wrapper.WithinRange = parameter_node_wrapper, lambda low, high: None
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
     monkeypatch.setitem(sys.modules, "qt", mock.MagicMock(name="qt"))
-    for name in ("OncoStagingCommon.widget", "EsophagusStaging"):
+    for name in ("OncoStagingCommon.widget", "EsophagusStaging", "GTVSeg"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     errors: list[str] = []
     for name, value in (("loadUI", lambda path: mock.MagicMock(name=path)), ("errorDisplay", errors.append),
                         ("resetSliceViews", lambda: None)):
         monkeypatch.setattr(slicer.util, name, value)
-    monkeypatch.setattr(slicer.modules, "plots", SimpleNamespace(logic=lambda: mock.MagicMock()), raising=False)
+    plots = mock.MagicMock(name="plots logic")
+    monkeypatch.setattr(slicer.modules, "plots", SimpleNamespace(logic=lambda: plots), raising=False)
     monkeypatch.setattr(TaskLogic, "start_device_probe", lambda self: FakeEngine(self.task)([self.python, "-c"], {}))
-    names = {w.get("name") for w in ET.parse(UI).getroot().iter("widget")}
     built = []
 
-    def build(widget_class):
+    def build(widget_class, ui_file: Path = UI):
+        names = {w.get("name") for w in ET.parse(ui_file).getroot().iter("widget")}
         ui = SimpleNamespace(**{n: Combo() if n.endswith("ComboBox") else mock.MagicMock(name=n) for n in names})
         monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
         widget = widget_class()
         widget.layout = mock.MagicMock()
         widget.setup()
+        widget.plots = plots  # what the chart button calls: ShowChartInLayout(chart)
         monkeypatch.setattr(sys.modules["OncoStagingCommon.widget"], "ensure_dependencies", lambda name: True)
         built.append(widget)
         return widget, ui, errors
@@ -113,12 +116,12 @@ def toy_panel(task_name: str):
     return type("ToyWidget", (TaskWidget,), {"TASK": task_name, "UI_FILE": str(UI)})
 
 
-def run(widget, ui, volume, model):
+def run(widget, ui, volume, model, engine=None):
     ui.inputVolumeSelector.currentNode.return_value = volume
     widget._parameterNode.modelPath = str(model)
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.gradcamOpacitySlider.value = 0.4
-    widget.logic.launcher = FakeEngine(widget.logic.task)
+    widget.logic.launcher = engine or FakeEngine(widget.logic.task)
     widget.onApplyOrCancel()
     assert ui.applyButton.text == "Cancel"
     while widget._job is not None:
@@ -157,6 +160,38 @@ def test_a_task_without_stages_hides_the_stage_widgets(panel_of, segmentation_on
     run(widget, ui, volume, save_model(segmentation_only, tmp_path))
     assert errors == [] and ui.stageLabel.text == "–" and ui.showChartButton.enabled is False
     ui.probabilityTableView.setMRMLTableNode.assert_called_with(None)
+
+
+def test_the_gtv_module_segments_and_shows_the_slice_probabilities(panel_of, volume, tmp_path):
+    """GTVSeg is the shared panel for the ``gtv`` task: "Segment" (no stages), the stage widgets hidden,
+    and after a run the slice-probability table in the panel's chart place and its chart in the plot view."""
+    import GTVSeg
+
+    from engine.tasks import get_task
+
+    widget, ui, errors = panel_of(GTVSeg.GTVSegWidget, GTV_UI)
+    assert widget.logic.task.name == "gtv" and widget.logic.module_name == "GTVSeg"
+    assert widget._parameterNode.trainingModelName == "my-gtv-model"
+    assert ui.applyButton.text == "Segment"
+    assert ui.stageLabel.visible is False and ui.stageCaptionLabel.visible is False
+    assert ui.probabilityTableView.visible is False and ui.showChartButton.visible is False  # until a run
+    assert ui.fineTuneCheckBox.visible is widget.logic.can_fine_tune
+    engine = run(widget, ui, volume, save_model(get_task("gtv"), tmp_path),
+                 FakeEngine(widget.logic.task, slice_probabilities=True, gradcam=True))
+    assert errors == [] and engine.commands[0][:3] == ["run", "--task", "gtv"]
+    assert ui.applyButton.text == "Segment" and ui.progressBar.value == 100
+    outcome = widget.logic.results_for(volume)
+    assert outcome.nodes.slice_chart is not None and outcome.nodes.probability_table is None
+    assert ui.probabilityTableView.visible is True and ui.probabilityCaptionLabel.visible is True
+    ui.probabilityTableView.setMRMLTableNode.assert_called_with(outcome.nodes.slice_table)
+    ui.volumeTableView.setMRMLTableNode.assert_called_with(outcome.nodes.volume_table)
+    assert ui.showChartButton.visible is True and ui.showChartButton.enabled is True
+    assert ui.stageLabel.visible is False and ui.stageLabel.text == "–"
+    assert ui.gradcamVisibleCheckBox.enabled is True
+    widget.plots.ShowChartInLayout.assert_called_with(outcome.nodes.slice_chart)
+    widget.plots.ShowChartInLayout.reset_mock()
+    widget.onShowChart()
+    widget.plots.ShowChartInLayout.assert_called_once_with(outcome.nodes.slice_chart)
 
 
 def test_training_panel_validates_then_trains(panel_of, toy, tmp_path):
