@@ -13,6 +13,8 @@ from engine.tasks.gtv.options import GtvTrainOptions
 METHOD_LINE = ("Method: a heterogeneous cascade framework (HCF: ResNet-18 slice classifier, then the multi-level "
                "Spatial Alignment Network SANet on the slices it keeps) with the Combined Regularization loss and "
                "the Balance-Sampling Strategy (Shi et al., decoupled GTV segmentation on CT).")
+RESFORMER_LINE = ("Method: ResFormer, one multi-task network (ResNet-34 encoder with Swin blocks and dilated feature "
+                  "enhancement skips) with a segmentation head and a slice-classification head that gates it.")
 OPENKBP_LICENCE = ("OpenKBP challenge data (Babier et al., Med Phys 2021; repository licensed MIT), derived from "
                    "TCIA head-and-neck collections under their TCIA data-use terms. The GTV label here is the "
                    "clinical PTV chosen at conversion, a dose target around the gross tumour, not a GTV contour; "
@@ -70,4 +72,5 @@ def model_card(options: GtvTrainOptions, description: DatasetDescription, metric
              + f"; trained for {training.get('duration_s')} s on {training.get('hardware', {}).get('device')}.",
              f"- Training command: `{training.get('command')}`", ""]
     lines += metric_lines(metrics)
-    return "\n".join(lines + [METHOD_LINE]) + "\n"
+    method = RESFORMER_LINE if options.architecture == "resformer" else METHOD_LINE
+    return "\n".join(lines + [method]) + "\n"
