@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, Sequence
 from engine import __version__
 from engine.errors import EngineError
 from engine.utils import signals
-from engine.utils.cliargs import fold, int_at_least, non_negative_int, output_path, positive_int
+from engine.utils.cliargs import fold as fold_arg, int_at_least, non_negative_int, output_path, positive_int
 
 log = logging.getLogger("engine")
 
@@ -311,7 +311,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise EngineError(f"Input '{source}' does not exist.")
-    _quiet_itk(args.verbose)
     if _is_batch_input(source):
         update, close = _tqdm_progress("Segment & Stage")
         try:
@@ -342,19 +341,6 @@ def _report_batch(summary: Path) -> int:
     return 1 if failed else 0
 
 
-def _quiet_itk(verbose: bool) -> None:
-    """ITK prints its own warnings (e.g. on odd file headers) before the engine's error line; the
-    engine reports what matters itself, so they show only with --verbose."""
-    if verbose:
-        return
-    try:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    except (ImportError, AttributeError):  # pragma: no cover - SimpleITK is a dependency
-        pass
-
-
 def format_staging_result(report: dict, out_dir: Path, files: dict[str, Path] | None = None) -> str:
     """What ``engine run`` prints: the stage (for a staging task), volumes, warnings, model and files."""
     lines = []
@@ -374,7 +360,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.pipelines.outputs import check_output_dir, lock_output
 
     task = _task_of(args)
-    _quiet_itk(args.verbose)
     out = check_output_dir(args.out, overwrite=True)
     update, close = _tqdm_progress("evaluating")
     try:
@@ -516,7 +501,7 @@ def _add_training_commands(sub, tasks: Sequence[str]) -> None:
     s.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs of every training phase (default: the task's)")
     s.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    s.add_argument("--fold", type=fold, default="0",
+    s.add_argument("--fold", type=fold_arg, default="0",
                    help="cross-validation fold to hold out (0 to FOLDS-1), or 'all' to train on everything")
     s.add_argument("--folds", type=int_at_least(2), help="number of folds (default 5)")
     s.add_argument("--seed", type=int)

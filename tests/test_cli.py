@@ -65,13 +65,14 @@ def test_tasks_lists_every_registered_task_with_its_declaration(capsys):
     assert rows["esophagus"]["modality"] == "CT" and rows["esophagus"]["pipeline"] is True
     assert rows["esophagus"]["labels"] == {"EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
     assert rows["esophagus"]["stages"] == ["T1", "T2", "T3", "T4"]
-    assert rows["gtv"]["pipeline"] is False and rows["gtv"]["stages"] == []
+    assert rows["gtv"]["pipeline"] is True and rows["gtv"]["stages"] == []
+    assert rows["pet"]["pipeline"] is False
     assert rows["npc"]["modality"] == "MR"
     assert all(r["models"] == [] for r in rows.values())  # the tests' model folders are empty
 
 
 def test_a_task_without_a_pipeline_says_which_tasks_have_one(tmp_path, capsys):
-    assert main(["train", "--task", "gtv", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--task", "pet", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no training pipeline yet" in err[0] and "esophagus" in err[0]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -66,3 +68,36 @@ def test_a_writer_that_writes_nothing_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="b.txt produced no file"):
         outputs.write_all(out, {"a.txt": _text("a"), "b.txt": lambda p: None})
     assert list(out.iterdir()) == []
+
+
+def test_an_output_folder_is_locked_once_and_released_without_a_trace(tmp_path):
+    out = tmp_path / "new" / "run"
+    with outputs.lock_output(out) as lock:
+        assert (out / outputs.LOCK_FILE).read_text().startswith(f"{os.getpid()}\n")
+        with pytest.raises(outputs.OutputBusy, match=f"being written by process {os.getpid()}"):
+            outputs.lock_output(out)
+    assert not out.exists()  # created for the run, left empty: removed again
+    assert lock.path == out / outputs.LOCK_FILE
+    out.mkdir()
+    with outputs.lock_output(out):
+        (out / "result.txt").write_text("x")
+    assert sorted(p.name for p in out.iterdir()) == ["result.txt"]
+
+
+def test_stale_staging_folders_are_removed_and_files_honour_the_umask(tmp_path):
+    out = tmp_path / "run"
+    (out / ".staging-123-abc").mkdir(parents=True)
+    (out / ".staging-123-abc" / "half.nii.gz").write_text("half")
+    assert outputs.remove_stale_staging(out) == [out / ".staging-123-abc"]
+    previous = os.umask(0o077)
+    try:
+        files = outputs.write_all(out, {"a.txt": _text("a")})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(files["a.txt"].stat().st_mode) == 0o600
+    previous = os.umask(0o002)
+    try:
+        files = outputs.write_all(out, {"a.txt": _text("a")})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(files["a.txt"].stat().st_mode) == 0o664

@@ -152,17 +152,6 @@ def test_outputs_in_lists_only_the_files_this_run_wrote(toy, tmp_path, capsys):
     assert "notes.txt" not in names and "report.json" in names and "gradcam.nii.gz" not in names
 
 
-def test_itk_warnings_are_not_printed_unless_verbose(toy, tmp_path, capfd):
-    import SimpleITK as sitk
-
-    bad = tmp_path / "bad.nii.gz"
-    bad.write_bytes(b"\x1f\x8b not really a gzip file")
-    assert main(run_args(toy, tmp_path / "out", bad)) == 2
-    one_error_line(capfd.readouterr().err)
-    assert not sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(True)
-
-
 # --- batches -----------------------------------------------------------------------------------------
 
 def _batch(toy, tmp_path: Path, good: int, bad: int) -> Path:
