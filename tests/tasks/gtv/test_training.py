@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from engine.errors import Cancelled
+from engine.io.image import read_image
 from engine.synth import generate_dataset
 from engine.tasks.gtv.options import GtvTrainOptions
 from engine.tasks.gtv.predictor import GtvPredictor
 from engine.tasks.gtv.training import train
 
-TINY = dict(classifier_epochs=1, segmenter_epochs=1, steps_per_epoch=1, width=8, image_size=64, fold=None,
-            device="cpu", augment=False, classifier_batch_size=8, segmenter_batch_size=4)
+TINY = {"classifier_epochs": 1, "segmenter_epochs": 1, "steps_per_epoch": 1, "width": 8, "image_size": 64,
+        "fold": None, "device": "cpu", "augment": False, "classifier_batch_size": 8, "segmenter_batch_size": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +34,6 @@ def test_resformer_bundle_predicts_with_gradcam(data, tmp_path):
     assert {w.name for w in bundle.weights} == {"resformer"} and bundle.architecture["name"] == "ResFormer"
     assert "ResFormer" in bundle.read_model_card()
     image = next(iter((data / "imagesTr").iterdir()))
-    from engine.io.image import read_image
-
     result = GtvPredictor(bundle, "cpu").predict(read_image(image))
     assert len(result.slice_probabilities) == result.labels.shape[0]
     assert result.gradcam is not None and result.gradcam.shape == result.labels.shape
