@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, Sequence
 from engine import __version__
 from engine.errors import EngineError
 from engine.utils import signals
-from engine.utils.cliargs import fold as fold_arg, int_at_least, non_negative_int, output_path, positive_int
+from engine.utils.cliargs import fold as fold_arg, int_at_least, non_negative_int, output_path, positive_float, positive_int
 
 log = logging.getLogger("engine")
 
@@ -506,7 +506,7 @@ def _add_training_commands(sub, tasks: Sequence[str]) -> None:
     s.add_argument("--folds", type=int_at_least(2), help="number of folds (default 5)")
     s.add_argument("--seed", type=int)
     s.add_argument("--plan", help="use this plan.json instead of planning the dataset")
-    s.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+    s.add_argument("--target-spacing", type=positive_float, nargs=3, metavar=("Z", "Y", "X"),
                    help="plan with this full-resolution spacing in mm (coarser = faster, e.g. for CPU)")
     s.add_argument("--model-id", help="bundle id (default: the task's)")
     s.add_argument("--version", help="bundle version (default 1.0.0)")

@@ -114,13 +114,13 @@ def lock_output(folder: str | os.PathLike, lock_path: str | os.PathLike | None =
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(folder, path)
     except OSError as exc:
-        raise folder_problem(path.parent, exc) from exc
+        raise folder_problem(folder, exc) from exc
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n{_command()}\n".encode("utf-8"))
     except OSError as exc:
         os.close(fd)
-        raise folder_problem(path.parent, exc) from exc
+        raise folder_problem(folder, exc) from exc
     return OutputLock(folder, path, fd, created)
 
 

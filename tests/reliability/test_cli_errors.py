@@ -132,6 +132,26 @@ def test_out_under_an_existing_file_is_refused_before_the_model_runs(toy, tmp_pa
     assert "is a file" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate", "batch"])
+def test_every_command_refuses_out_under_a_file(toy, tmp_path, capsys, command):
+    (tmp_path / "notes.txt").write_text("x")
+    out = str(tmp_path / "notes.txt" / "results")
+    data = str(toy["root"] / "data")
+    argv = {"train": ["train", "--task", "toy", "--data", data, "--out", out, "--epochs", "1"],
+            "evaluate": ["evaluate", "--task", "toy", "--model", str(toy["model"]), "--data", data, "--out", out],
+            "batch": run_args(toy, out, toy["root"] / "data" / "imagesTr")}[command]
+    assert main(argv) == 2
+    assert "notes.txt' is a file" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_negative_target_spacing_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--task", "esophagus", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+              "--target-spacing", "3", "-1", "1"])
+    assert stop.value.code == 2
+    assert "argument --target-spacing" in one_error_line(capsys.readouterr().err)
+
+
 def test_a_second_run_without_overwrite_names_the_option_not_the_python_argument(toy, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(run_args(toy, out)) == 0
