@@ -48,10 +48,10 @@ def check_resume(work: Path, current: dict[str, Any], resume: bool) -> None:
     recorded = work / RUN_OPTIONS_FILE
     if not resume:
         if work.is_dir():
-            log.warning("%s holds an unfinished training; starting over (pass resume to continue it).", work)
+            log.warning("%s holds an unfinished training; starting over (--resume would continue it).", work)
         return
     if not work.is_dir():
-        raise TrainingError(f"Nothing to resume: no unfinished training in {work}. Run without resume.")
+        raise TrainingError(f"Nothing to resume: no unfinished training in {work}. Run without --resume.")
     if recorded.is_file():
         before = json.loads(recorded.read_text())
         changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))

@@ -85,7 +85,7 @@ def check_target(out_dir: Path, overwrite: bool, what: str, error: type[Exceptio
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise error(f"{out_dir} already exists and is not empty; {what} would replace it. "
-                        "Choose another folder, remove it, or pass overwrite=True.")
+                        "Choose another folder, remove it, or allow replacing it (--overwrite).")
 
 
 def current_umask() -> int:
