@@ -40,6 +40,9 @@ class GtvTask(Task):
             from engine.tasks.gtv.cli import add_train_arguments
 
             add_train_arguments(parser)
+        elif command == "evaluate":
+            parser.add_argument("--split", metavar="FILE",
+                                help="evaluate only the 'val' cases of this split JSON (e.g. the training split)")
         elif command == "run":
             parser.add_argument("--threshold", type=float, default=None,
                                 help="slice-classifier probability from which a slice is segmented "
@@ -50,6 +53,10 @@ class GtvTask(Task):
             from engine.tasks.gtv.cli import train_options
 
             return {"options": train_options(args)}
+        if command == "evaluate" and getattr(args, "split", None):
+            from engine.tasks.gtv.openkbp import split_cases
+
+            return {"cases": split_cases(args.split, "val")}
         if command == "run" and getattr(args, "threshold", None) is not None:
             return {"threshold": args.threshold}
         return {}

@@ -7,6 +7,7 @@ by their PTV70 voxel count, then one of every consecutive five drawn for validat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def make_split(target_voxels: Mapping[int, int], seed: int = 0) -> dict[str, lis
         val.append(block[int(rng.integers(len(block)))])
     train = sorted(set(ordered) - set(val))
     return {"train": [case_id(p) for p in train], "val": [case_id(p) for p in sorted(val)]}
+
+
+def split_cases(path: str | Path, part: str) -> list[str]:
+    """The case ids of one part (``train`` or ``val``) of a split JSON file."""
+    from engine.errors import EngineError
+
+    try:
+        cases = json.loads(Path(path).read_text())[part]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError(f"Cannot read the '{part}' cases of split file {path} ({exc}).") from exc
+    return [str(c) for c in cases]

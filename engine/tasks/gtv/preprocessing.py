@@ -113,12 +113,13 @@ def body_box(mask: np.ndarray, margin: int = BOX_MARGIN) -> tuple[int, int, int,
 
 
 def plan_image_size(box_sizes: Sequence[float], override: int | None = None) -> int:
-    """The slice size: the median body box side rounded to a multiple of 32, at most 512 and at most
-    twice the native size (upsampling beyond that invents detail and only costs memory)."""
+    """The slice size: the median body box side rounded up to a multiple of 32 (so slices keep their
+    native detail), at most 512 (the paper's size) and at most twice the native size (upsampling beyond
+    that invents no detail and only costs memory)."""
     if override is not None:
         return int(override)
     native = float(np.median(box_sizes)) if len(box_sizes) else float(MAX_IMAGE_SIZE)
-    size = max(SIZE_MULTIPLE, round(native / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    size = max(SIZE_MULTIPLE, int(np.ceil(native / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
     cap = max(SIZE_MULTIPLE, int(MAX_UPSAMPLING * native) // SIZE_MULTIPLE * SIZE_MULTIPLE)
     return int(min(size, MAX_IMAGE_SIZE, cap))
 

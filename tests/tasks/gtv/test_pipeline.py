@@ -96,6 +96,14 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
     assert cls["slices"] == 4 * 48 and 0 <= cls["recall"]["ci95"][0] <= cls["recall"]["value"] <= 1
     assert "Slice classifier" in (ev / "metrics.md").read_text()
 
+    split = tmp_path / "split.json"
+    ids = sorted(c.case_id for c in RawDataset.load(phantoms).training)
+    split.write_text(json.dumps({"train": ids[:2], "val": ids[2:]}))
+    assert main(["evaluate", "--task", "gtv", "--data", str(phantoms), "--model", str(model), "--out",
+                 str(tmp_path / "eval_val"), "--device", "cpu", "--split", str(split)]) == 0
+    held_out = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())
+    assert [c["case_id"] for c in held_out["cases"]] == ids[2:]
+
 
 def test_ablation_bundle_without_classifier(phantoms, tmp_path):
     model = tmp_path / "noclf"

@@ -29,8 +29,9 @@ def test_body_mask_drops_table_and_air():
 
 def test_plan_size_rules():
     assert plan_image_size([410, 420, 380]) == 416
-    assert plan_image_size([100, 110]) == 96          # OpenKBP-like: rounded, well under 2x
-    assert plan_image_size([40]) == 32
+    assert plan_image_size([100, 110]) == 128         # OpenKBP-like: rounded up, well under 2x
+    assert plan_image_size([20]) == 32                # never below one multiple
+    assert plan_image_size([33]) == 64                # 2x native (66) still allows 64
     assert plan_image_size([600]) == 512              # the paper's size caps it
     assert plan_image_size([100], override=128) == 128
 
