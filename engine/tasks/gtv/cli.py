@@ -37,7 +37,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "engine/tasks/gtv/openkbp_split.json); overrides --fold")
     g.add_argument("--no-augmentation", action="store_true", help="train without online augmentation")
     g.add_argument("--num-workers", type=int, help="data-loading worker processes (default 0)")
-    g.add_argument("--no-classifier", action="store_true", help="ablation: segment every slice (no HCF gate)")
+    g.add_argument("--no-classifier", action="store_true",
+                   help="ablation: no slice classifier; SANet trains on all slices (natural ratio) and segments "
+                        "every slice")
     g.add_argument("--no-sam", action="store_true", help="ablation: SANet without spatial alignment modules")
     g.add_argument("--no-ppm", action="store_true", help="ablation: SANet without the pyramid pooling module")
     g.add_argument("--no-cr-loss", action="store_true", help="ablation: plain Dice + cross-entropy loss")
