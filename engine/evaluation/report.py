@@ -89,7 +89,7 @@ def write_report(report: EvaluationReport, out_dir: str | os.PathLike[str],
     if existing and not overwrite:
         raise EngineError(f"An evaluation report already exists in {out} "
                           f"({', '.join(p.name for p in existing)}); choose another output folder or "
-                          "pass overwrite=True (--overwrite) to replace it.")
+                          "pass --overwrite to replace it.")
 
     payload: dict[str, bytes | None] = {
         "json": (json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=str)

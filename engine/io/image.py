@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from engine.utils.atomic import apply_umask
 from engine.errors import ImageError
 from engine.io.integrity import check_image_file
 from engine.io.quiet import quiet_itk
@@ -340,7 +341,8 @@ def validate_image(image: Image, source: str = "image") -> None:
                          "constant volume cannot be segmented. Check that the right image was exported.")
     sp = np.asarray(image.spacing)
     if np.any(sp <= 0) or np.any(sp > MAX_SPACING_MM):
-        raise ImageError(f"{source}: voxel spacing {tuple(sp)} mm is outside (0, {MAX_SPACING_MM}] mm; the "
+        shown = " × ".join(f"{float(v):g}" for v in sp)
+        raise ImageError(f"{source}: voxel spacing {shown} mm is outside (0, {MAX_SPACING_MM}] mm; the "
                          "header is probably wrong.")
     if abs(abs(np.linalg.det(image.direction)) - 1.0) > 1e-3:
         raise ImageError(f"{source}: direction matrix is not orthonormal; the header is corrupt.")
@@ -362,6 +364,7 @@ def write_image(image: Image, path: str | os.PathLike, overwrite: bool = True,
     os.close(fd)
     try:
         sitk.WriteImage(image.to_sitk(), tmp, compress)
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from engine.utils.atomic import apply_umask
 from engine.errors import ImageError
 from engine.io.image import Image
 
@@ -101,6 +102,7 @@ def write_segmentation_nrrd(labels: Image, path: str | os.PathLike, segments: Se
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, True)
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

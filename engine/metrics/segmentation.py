@@ -72,9 +72,9 @@ def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[float,
     if sp.size == 1:
         sp = np.repeat(sp, ndim)
     if sp.shape != (ndim,):
-        raise MetricInputError(f"spacing must have one value per array axis ({ndim}), got {list(sp)}.")
+        raise MetricInputError(f"spacing must have one value per array axis ({ndim}), got {[float(v) for v in sp]}.")
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise MetricInputError(f"spacing values must be positive and finite, got {list(sp)}.")
+        raise MetricInputError(f"spacing values must be positive and finite, got {[float(v) for v in sp]}.")
     return tuple(float(s) for s in sp)
 
 

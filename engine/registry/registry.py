@@ -63,7 +63,7 @@ def _scan(folder: Path, source: str, task: str | None) -> list[BundleInfo]:
             continue
         if entry.is_file() and entry.suffix.lower() == ".zip":
             info = BundleInfo(path=entry, source=source, valid=False,
-                              error="a zip archive; import it with import_bundle to use it")
+                              error="a zip archive; import it with `python -m engine models import` to use it")
         elif not entry.is_dir():
             continue
         else:
@@ -118,7 +118,7 @@ def list_bundles(task: str | None = None, include_builtin: bool = True) -> list[
 
 def _no_model_message(task: str) -> str:
     return (f"No model is installed for task '{task}'. Import a model bundle (.zip) with "
-            f"engine.registry.import_bundle (or the module's 'Import model' button), or place a bundle "
+            f"`python -m engine models import BUNDLE.zip` (or the module's 'Import model' button), or place a bundle "
             f"folder in {user_model_dir()} (set {MODEL_DIR_ENV} to use another folder).")
 
 

@@ -32,7 +32,7 @@ def export_bundle(bundle: ModelBundle | str | os.PathLike, zip_path: str | os.Pa
         bundle.verify()  # never hand on a bundle that was altered since it was loaded
     out = Path(zip_path).expanduser().absolute()
     if out.exists() and not overwrite:
-        raise BundleError(f"{out} already exists; choose another file name or pass overwrite=True.")
+        raise BundleError(f"{out} already exists; choose another file name or pass --overwrite.")
     out.parent.mkdir(parents=True, exist_ok=True)
     top = bundle.folder_name
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
@@ -82,7 +82,7 @@ def import_bundle(zip_path: str | os.PathLike, registry_dir: str | os.PathLike |
         target = reg / bundle.folder_name
         if target.exists() and not overwrite:
             raise BundleError(f"Model '{bundle.id}' {bundle.version} is already installed at {target}; "
-                              "nothing was changed. Pass overwrite=True to replace it, or give the new "
+                              "nothing was changed. Pass --overwrite to replace it, or give the new "
                               "model another version.")
         if root == staging:
             # Content was at the zip's top level: move it into its own folder before renaming.

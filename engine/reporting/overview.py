@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from engine.utils.atomic import apply_umask
 from engine.io.image import Image
 from engine.io.segmentation_nrrd import SegmentInfo
 
@@ -111,6 +112,7 @@ def render_overview(
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

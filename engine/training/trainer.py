@@ -185,7 +185,7 @@ class Trainer:
             log.info("No checkpoint in %s; starting a new run.", self.last_dir)
         elif has_checkpoint(self.last_dir) and self._ctx.is_main:
             log.warning("%s holds a checkpoint of an earlier run; it will be overwritten "
-                        "(use resume=True to continue it).", self.last_dir)
+                        "(add --resume to the command to continue it).", self.last_dir)
         return None
 
     def _use_amp(self, device: torch.device) -> bool:

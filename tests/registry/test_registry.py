@@ -258,7 +258,7 @@ def test_find_bundle_verifies_the_chosen_model(dirs):
 
 
 def test_find_bundle_without_models_says_how_to_import(dirs):
-    with pytest.raises(BundleError, match=r"No model is installed for task 'npc'.*import_bundle") as exc:
+    with pytest.raises(BundleError, match=r"No model is installed for task 'npc'.*engine models import") as exc:
         find_bundle("npc")
     assert str(dirs[0]) in str(exc.value)
     with pytest.raises(BundleError, match="Unknown task"):

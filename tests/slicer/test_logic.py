@@ -304,11 +304,14 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing(headless, ct, logic,
 def test_a_model_of_another_task_is_refused_before_running(headless, ct, logic, trained, tmp_path):
     import shutil
 
+    from engine.registry import seal_bundle
+
     other = tmp_path / "npc-model"
     shutil.copytree(trained.bundle_dir, other)
     manifest = json.loads((other / "model.json").read_text())
     manifest["task"] = "npc"
     (other / "model.json").write_text(json.dumps(manifest))
+    seal_bundle(other, force=True)  # a genuine model of another task, not an edited one
     before = headless.snapshot()
     with pytest.raises(TaskInputError, match="task 'npc'"):
         logic.process(ct, RunOptions(model=str(other), device="cpu"))
