@@ -54,11 +54,9 @@ def closest_axes(direction: np.ndarray) -> list[tuple[int, int]]:
     result: dict[int, tuple[int, int]] = {}
     rows, cols = {0, 1, 2}, {0, 1, 2}
     for _ in range(3):
-        best = max(((abs(d[r, c]), r, c) for r in rows for c in cols), key=lambda t: t[0])
-        # among equal values the last in (row, column) order wins
-        best = [t for t in ((abs(d[r, c]), r, c) for r in sorted(rows) for c in sorted(cols))
-                if t[0] == best[0]][-1]
-        _, r, c = best
+        entries = [(abs(d[r, c]), r, c) for r in sorted(rows) for c in sorted(cols)]
+        top = max(e[0] for e in entries)
+        _, r, c = [e for e in entries if e[0] == top][-1]   # ties: the last in (row, column) order
         result[c] = (r, 1 if d[r, c] >= 0 else -1)
         rows.discard(r)
         cols.discard(c)

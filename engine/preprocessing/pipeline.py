@@ -136,7 +136,7 @@ class Preprocessor:
                    ) -> tuple[list[Image], Image | None, Reorientation]:
         """The channels and label with their voxels in the plan's orientation (an exact reordering,
         decided by the first channel's direction), computed once per image."""
-        if shared.canonical is None:
+        if shared.canonical is None or shared.canonical[2].orientation != self.plan.orientation.upper():
             channels = image if isinstance(image, list) else [image]
             reoriented = reorientation(channels[0], self.plan.orientation)
             shared.canonical = ([reoriented.canonical_image(ch) for ch in channels],

@@ -28,7 +28,8 @@ def _oriented(image: Image, code: str) -> Image:
     return Image.from_sitk(sitk.DICOMOrient(image.to_sitk(), code), dtype=image.array.dtype)
 
 
-def _volume(direction=np.eye(3)) -> Image:
+def _volume(direction: np.ndarray | None = None) -> Image:
+    direction = np.eye(3) if direction is None else direction
     rng = np.random.default_rng(0)
     return Image(rng.normal(size=(5, 6, 7)).astype(np.float32), (2.5, 0.8, 0.7), (1.5, -2.25, 30.1), direction)
 
