@@ -283,6 +283,10 @@ def choose_split(ds: RawDataset, options: GtvTrainOptions) -> tuple[list[str], l
     if options.fold is not None and len(ids) >= max(options.folds, 2):
         from engine.data.splits import dataset_splits
 
+        if options.fold >= options.folds:
+            raise TrainingError(f"--fold {options.fold} does not exist with {options.folds} folds (0 to "
+                                f"{options.folds - 1}).")
+
         split = dataset_splits(ds, folds=options.folds, seed=options.seed)[options.fold]
         return list(split["train"]), list(split["val"])
     return ids, []
