@@ -148,14 +148,14 @@ class SliceSamples(Dataset):
         self.slices, self.ratio, self.seed = slices, ratio, seed
         self.count = sample_count(slices.abnormal, ratio) if cap is None else min(cap, len(slices))
         self.indices = np.arange(self.count) % max(len(slices), 1)
+        self.epoch_seed = seed
         self.transform = augmentation(slices.images.shape[-1]) if augment else None
         self.set_epoch(1)
 
     def set_epoch(self, epoch: int) -> None:
         rng = np.random.default_rng([self.seed, epoch])
         self.indices = draw_indices(self.slices.abnormal, self.ratio, self.count, rng)
-        if self.transform is not None:
-            self.transform.set_random_state(seed=int(rng.integers(2**31)))
+        self.epoch_seed = int(rng.integers(2**31))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -165,6 +165,8 @@ class SliceSamples(Dataset):
         image = self.slices.images[k][None].astype(np.float32)
         label = self.slices.labels[k][None].astype(np.float32)
         if self.transform is not None:
+            # seeded per (epoch, item): the same augmentation whatever the worker or a resume
+            self.transform.set_random_state(seed=(self.epoch_seed + i) % 2**31)
             out = self.transform({"image": image, "label": label})
             image, label = np.asarray(out["image"], dtype=np.float32), np.asarray(out["label"])
         label_t = torch.as_tensor(np.rint(label[0]), dtype=torch.long)
