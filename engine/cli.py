@@ -600,6 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: the computer ran out of memory for this image; nothing was written. Close other "
+              "programs, use '--tta none' or '--device cuda', or run on a machine with more memory.",
+              file=sys.stderr)
+        return 2
     except signals.Interrupted as exc:
         print(f"cancelled ({exc}); nothing half-written was left behind", file=sys.stderr)
         return exc.exit_status

@@ -13,12 +13,13 @@ These are the same geometry fields ITK stores, so a read → write round trip ke
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -350,6 +351,17 @@ def validate_image(image: Image, source: str = "image") -> None:
 
 # --- writing -----------------------------------------------------------------------------------
 
+
+def write_itk(write: Callable[[], None], path: Path) -> None:
+    """Run an ITK write; its failure (a full disk, a vanished folder) becomes an ``OSError`` naming the
+    file, which callers report as the user's to fix rather than as a bug."""
+    try:
+        write()
+    except RuntimeError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "Description" in line), "")
+        raise OSError(errno.EIO, f"cannot write {path.name}"
+                      + (f" ({reason.split(':', 1)[-1].strip()})" if reason else "")) from exc
+
 def write_image(image: Image, path: str | os.PathLike, overwrite: bool = True,
                 compress: bool = True) -> Path:
     """Write NIfTI/NRRD/MHA keeping geometry exactly; atomic (temp file then rename)."""
@@ -363,7 +375,7 @@ def write_image(image: Image, path: str | os.PathLike, overwrite: bool = True,
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image.to_sitk(), tmp, compress)
+        write_itk(lambda: sitk.WriteImage(image.to_sitk(), tmp, compress), path)
         apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from engine.utils.atomic import apply_umask
 from engine.errors import ImageError
-from engine.io.image import Image
+from engine.io.image import Image, write_itk
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def write_segmentation_nrrd(labels: Image, path: str | os.PathLike, segments: Se
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(img, tmp, True)
+        write_itk(lambda: sitk.WriteImage(img, tmp, True), path)
         apply_umask(Path(tmp))
         os.replace(tmp, path)
     finally:

@@ -56,6 +56,10 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool, files: Sequenc
     return out
 
 
+class OutputWriteError(EngineError):
+    """The results could not be written (disk full, device gone); the output folder is unchanged."""
+
+
 def write_all(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]],
               last: Mapping[str, Callable[[Path], Any]] | None = None) -> dict[str, Path]:
     """Call ``writer(staging_path)`` for every file name, then move all files into ``out_dir``.
@@ -74,10 +78,15 @@ def write_all(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]],
     try:
         futures = [pool.submit(writer, staging / name) for name, writer in writers.items()]
         pool.shutdown(wait=True)
-        for future in futures:
-            future.result()  # the first writer's error, raised after all have finished
-        for name, writer in (last or {}).items():
-            writer(staging / name)
+        try:
+            for future in futures:
+                future.result()  # the first writer's error, raised after all have finished
+            for name, writer in (last or {}).items():
+                writer(staging / name)
+        except OSError as exc:  # a full, read-only or vanished disk: the user's to fix, not a bug
+            raise OutputWriteError(f"Could not write the results into '{out_dir}': "
+                                   f"{exc.strerror or exc}. Nothing was written; free disk space or choose "
+                                   "another output folder.") from exc
         missing = [name for name in names if not (staging / name).is_file()]
         if missing:
             raise RuntimeError(f"writer for {', '.join(missing)} produced no file")
