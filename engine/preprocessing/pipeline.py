@@ -1,7 +1,7 @@
 """Plan-driven preprocessing with a recorded, exact inverse.
 
-Forward: reorder the voxels into the plan's orientation → crop to the patient → resample to the plan's spacing (image B-spline, label nearest) →
-normalise → pad up to the patch size. Every step is recorded in a :class:`PreprocessRecord`, so
+Forward: reorder the voxels into the plan's orientation → crop to the patient → resample to the
+plan's spacing (image B-spline, label nearest) → normalise → pad up to the patch size. Every step is recorded in a :class:`PreprocessRecord`, so
 :meth:`Preprocessor.restore_labels` / :meth:`Preprocessor.restore_probabilities` put a prediction
 back on the original voxel grid: same shape, spacing, origin and direction as the input.
 
@@ -160,13 +160,13 @@ class Preprocessor:
     # --- inverse --------------------------------------------------------------------------------
     @staticmethod
     def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-        """(z, y, x) labels on the preprocessed grid → labels on the original grid (nearest)."""
+        """(z, y, x) labels on the preprocessed grid → labels on the input's grid (nearest)."""
         return _to_input(Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0], record)
 
     @staticmethod
     def restore_probabilities(probs: np.ndarray, record: PreprocessRecord, background_channel: bool = True
                               ) -> np.ndarray:
-        """(C, z, y, x) class probabilities → (C, Z, Y, X) on the original grid (linear), outside the
+        """(C, z, y, x) class probabilities → (C, Z, Y, X) on the input's grid (linear), outside the
         crop box the background channel is 1 and the others 0."""
         out = Preprocessor._restore(probs.astype(np.float32), record, is_label=False)
         if background_channel:
@@ -177,7 +177,7 @@ class Preprocessor:
 
     @staticmethod
     def restore_map(values: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-        """(z, y, x) values on the preprocessed grid (a heat map) → the original grid (linear)."""
+        """(z, y, x) values on the preprocessed grid (a heat map) → the input's grid (linear)."""
         return _to_input(Preprocessor._restore(values[None], record, is_label=False)[0], record)
 
     @staticmethod
