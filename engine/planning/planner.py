@@ -376,5 +376,5 @@ def transfer_plan(source: Plan, fp: Fingerprint) -> Plan:
         task=source.task, dataset_name=fp.dataset_name, modality=source.modality, labels=dict(source.labels),
         configurations=source.configurations, normalization=normalization_for(fp.modality, fp.foreground_intensity),
         tumour_label=source.tumour_label, krt_box_size=source.krt_box_size, stage_names=source.stage_names,
-        stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights, fingerprint=fp.to_dict(),
-        orientation=source.orientation)
+        stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights,
+        fingerprint=fp.to_dict(), orientation=source.orientation)

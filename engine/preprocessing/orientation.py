@@ -127,7 +127,8 @@ class Reorientation:
         new_direction = np.stack([direction[:, m] * (-1.0 if flip_itk[c] else 1.0)
                                   for c, m in enumerate(src_itk)], axis=1)
         new_spacing = [self.input_spacing[a] for a in self.axes]
-        return Image(self.to_canonical(image.array), new_spacing, tuple(origin), new_direction, image.modality)
+        return Image(self.to_canonical(image.array), new_spacing, tuple(origin), new_direction,
+                     image.modality)
 
     def input_image(self, array: np.ndarray, modality: str | None = None) -> Image:
         """A canonical-grid array back on the input's grid, with the input's geometry."""

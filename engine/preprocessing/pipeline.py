@@ -1,7 +1,8 @@
 """Plan-driven preprocessing with a recorded, exact inverse.
 
 Forward: reorder the voxels into the plan's orientation → crop to the patient → resample to the
-plan's spacing (image B-spline, label nearest) → normalise → pad up to the patch size. Every step is recorded in a :class:`PreprocessRecord`, so
+plan's spacing (image B-spline, label nearest) → normalise → pad up to the patch size. Every step
+is recorded in a :class:`PreprocessRecord`, so
 :meth:`Preprocessor.restore_labels` / :meth:`Preprocessor.restore_probabilities` put a prediction
 back on the original voxel grid: same shape, spacing, origin and direction as the input.
 
@@ -161,7 +162,8 @@ class Preprocessor:
     @staticmethod
     def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         """(z, y, x) labels on the preprocessed grid → labels on the input's grid (nearest)."""
-        return _to_input(Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0], record)
+        restored = Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0]
+        return _to_input(restored, record)
 
     @staticmethod
     def restore_probabilities(probs: np.ndarray, record: PreprocessRecord, background_channel: bool = True
