@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.explain.gradcam import grad_cam
 from engine.inference.volumes import structure_volumes_cm3
 from engine.io.image import Image
 from engine.pipelines.case import Prediction, StepTimer
@@ -53,6 +52,36 @@ class GtvPrediction(Prediction):
     def report_fields(self) -> dict[str, Any]:
         return {**super().report_fields(), "slice_probabilities": [round(p, 5) for p in self.slice_probabilities],
                 "slices_kept": self.slices_kept, "slice_threshold": self.slice_threshold}
+
+
+def batched_grad_cam(layer: nn.Module, x: torch.Tensor, forward: Any, class_index: int = 1) -> np.ndarray:
+    """Grad-CAM of ``class_index`` for a batch of slices in one backward pass, each map as
+    :func:`engine.explain.gradcam.grad_cam` makes it (ReLU of the gradient-weighted activations, bilinear to
+    the slice size, divided by its maximum). In eval mode a slice's score depends on its own activations
+    only, so the gradient of the summed scores is every slice's own gradient."""
+    captured: list[torch.Tensor] = []
+
+    def record(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        activation = output if output.requires_grad else output.detach().requires_grad_(True)
+        captured.append(activation)
+        return activation.clone()
+
+    handle = layer.register_forward_hook(record)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = forward(x.clone())
+            activation = captured[-1]
+            (gradient,) = torch.autograd.grad(logits[:, class_index].sum(), activation, allow_unused=True)
+    finally:
+        handle.remove()
+    if gradient is None:
+        return np.zeros((x.shape[0], *x.shape[2:]), dtype=np.float32)
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activation.detach()).sum(dim=1, keepdim=True)).float()
+    cam = nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.amax(dim=(1, 2), keepdim=True)
+    cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam)).clamp_(0.0, 1.0)
+    return cam.detach().cpu().numpy().astype(np.float32)
 
 
 class GtvPredictor:
@@ -119,11 +148,10 @@ class GtvPredictor:
         except AttributeError as exc:
             log.warning("No Grad-CAM: %s", exc)
             return None
-        forward = None if net is self.classifier else (lambda t: split_outputs(net(t))[1])
+        forward = (lambda t: net(t)) if net is self.classifier else (lambda t: split_outputs(net(t))[1])
         cams = np.zeros(x.shape, dtype=np.float32)
-        for k in kept:
-            t = torch.from_numpy(x[k][None, None]).to(self.device)
-            cams[k] = grad_cam(net, layer, (t,), class_index=1, forward=forward).cam
+        for chunk, t in self._batches(x, kept):
+            cams[chunk] = batched_grad_cam(layer, t, forward)
         return cams
 
     def reference_slices(self, image: Image, reference: np.ndarray) -> np.ndarray:

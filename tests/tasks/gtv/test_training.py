@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,18 @@ def test_resume_continues_a_stopped_run(data, tmp_path):
     assert epochs_seen == [1] and (tmp_path / ".model.work").is_dir()
     bundle = train(data, tmp_path / "model", options, resume=True)
     assert bundle.metrics["segmenter"]["epochs"] == 2 and not (tmp_path / ".model.work").exists()
+
+
+def test_batched_gradcam_equals_the_engines_per_slice_gradcam():
+    from engine.explain.gradcam import grad_cam
+    from engine.models.sanet import SliceClassifier
+    from engine.tasks.gtv.predictor import batched_grad_cam
+
+    torch.manual_seed(0)
+    net = SliceClassifier(width=8).eval()
+    x = torch.randn(3, 1, 64, 64)
+    batched = batched_grad_cam(net.last_conv_stage, x, net)
+    for i in range(3):
+        single = grad_cam(net, net.last_conv_stage, (x[i:i + 1],), class_index=1).cam
+        np.testing.assert_allclose(batched[i], single, atol=1e-4)
+    assert net.training is False and all(p.grad is None for p in net.parameters())
