@@ -76,8 +76,8 @@ class GtvTrainOptions:
     @property
     def variant(self) -> str:
         """A short name of the ablation, e.g. ``hcf``, ``hcf-no_sam-no_cr``, ``resformer``."""
-        if self.architecture == "resformer":
-            return "resformer" + ("" if self.cr_loss else "-no_cr")
+        if self.architecture == "resformer":  # one network, its own multi-task loss: no ablation switches
+            return "resformer"
         off = [n for n, on in (("no_classifier", self.use_classifier), ("no_sam", self.use_sam),
                                ("no_ppm", self.use_ppm), ("no_cr", self.cr_loss)) if not on]
         return "-".join(["hcf", *off])
