@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from engine.tasks.gtv.options import ARCHITECTURES, BALANCE_RATIOS, DEFAULT_THRESHOLD, GtvTrainOptions
+
+log = logging.getLogger(__name__)
+HCF_SWITCHES = ("no_classifier", "no_sam", "no_ppm", "no_cr_loss")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +65,9 @@ def train_options(args: argparse.Namespace) -> GtvTrainOptions:
               "device": "device", "num_workers": "num_workers", "folds": "folds", "model_id": "model_id",
               "version": "version"}
     kw.update({dest: getattr(args, src) for src, dest in passed.items() if getattr(args, src, None) is not None})
+    ignored = [f"--{n.replace('_', '-')}" for n in HCF_SWITCHES if getattr(args, n)]
+    if args.architecture == "resformer" and ignored:
+        log.warning("%s switch(es) off parts of HCF; ResFormer ignores them.", ", ".join(ignored))
     if args.architecture == "resformer" and not args.model_id:
         kw.update(model_id="gtv-resformer", model_name="GTV segmentation (ResFormer)")
     if args.demo:
