@@ -194,7 +194,7 @@ def test_best_classifier_checkpoint_is_the_best_validated_epoch(tiny, tmp_path):
     assert f", epoch {epoch}\n" in (best.path / "MODEL_CARD.md").read_text()
     with pytest.raises(TrainingError, match="validation fold"):
         TrainOptions(**{**base, "fold": None}, classifier_checkpoint="best")
-    with pytest.raises(TrainingError, match="classifier_checkpoint"):
+    with pytest.raises(TrainingError, match="classifier-checkpoint"):
         TrainOptions(**base, classifier_checkpoint="latest")
 
 
