@@ -40,7 +40,7 @@ class Evaluation:
 
 def load_evaluation(name: str, folder: Path, member: int | None = None) -> Evaluation:
     """``member`` (1-based) selects one classifier of an evaluated ensemble instead of the ensemble."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     if not metrics.get("classification"):
         raise SystemExit(f"error: {folder} has no stage classification results")
     cases = {c["case_id"]: c for c in metrics["cases"]}

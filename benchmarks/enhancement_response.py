@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scored = out / f"x{key}"
         tumour_errors.main([str(data), "--model", args.model, "--cases", str(listed), "--out", str(scored),
                             "--tta", args.tta, "--device", args.device, "--sigma-mm", str(args.sigma_mm)])
-        summaries[key] = json.loads((scored / "tumour_errors.json").read_text())["summary"]
+        summaries[key] = json.loads((scored / "tumour_errors.json").read_text(encoding="utf-8"))["summary"]
     settings = {"model": args.model, "scales": args.scales, "stages": args.stages, "seed": args.seed,
                 "cases": args.cases, "tta": args.tta, "sigma_mm": args.sigma_mm}
     (out / "enhancement_response.json").write_text(json.dumps({"settings": settings, "by_scale": summaries},

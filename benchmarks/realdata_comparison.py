@@ -118,7 +118,7 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
 def check_widths(work: Path, method: str, features: Sequence[int]) -> None:
     """Refuse to resume or reuse a training made with other channel widths (train_method records them)."""
     record = work / WIDTHS  # written by train_method; absent for runs made before it was
-    if record.is_file() and (earlier := json.loads(record.read_text())) != list(features):
+    if record.is_file() and (earlier := json.loads(record.read_text(encoding="utf-8"))) != list(features):
         flag = "--baseline-features" if method == "baseline" else "--base-features/--max-features"
         raise SystemExit(f"{method} in {work} was trained with widths {earlier}, this command asks for "
                          f"{list(features)}; pass the same {flag} or --overwrite to start over.")
@@ -284,7 +284,7 @@ def train_method(method: str, net: nn.Module, desc: dict[str, Any], cases: list,
     result = Trainer(net, SegmentationTask(loss, len(class_names) + 1, None, class_names), data, None,
                      trainer_cfg, resume=args.resume,
                      cancel=(lambda: time.monotonic() > deadline) if deadline else None).fit()
-    earlier = float((work / TRAIN_TIME).read_text()) if (work / TRAIN_TIME).is_file() else 0.0
+    earlier = float((work / TRAIN_TIME).read_text(encoding="utf-8")) if (work / TRAIN_TIME).is_file() else 0.0
     total = earlier + time.monotonic() - started
     (work / TRAIN_TIME).write_text(f"{total:.1f}")
     if result.cancelled:
@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             log.warning("%s: stopped at the time limit; its last complete epoch is checkpointed in %s. "
                         "Run the same command with --resume to continue.", method, work)
             return None
-        times[method] = float((work / TRAIN_TIME).read_text())
+        times[method] = float((work / TRAIN_TIME).read_text(encoding="utf-8"))
         networks[method] = net.eval()
     if missing:
         log.info("trained %s; train %s too (--methods) before scoring.", ", ".join(args.methods),

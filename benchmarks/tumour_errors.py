@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "EsophagusStaging datasets (labels EC and esophagus)")
     cases = [c for c in dataset.training if c.label_file is not None]
     if args.cases:
-        wanted = Path(args.cases).read_text().split()
+        wanted = Path(args.cases).read_text(encoding="utf-8").split()
         unknown = sorted(set(wanted) - {c.case_id for c in cases})
         if unknown:
             raise SystemExit(f"error: {args.cases} lists case(s) with no labelled case in {args.data}: "

@@ -585,7 +585,16 @@ def _add_models_command(sub, tasks: Sequence[str]) -> None:
     s.set_defaults(func=cmd_models)
 
 
+def _printable_streams() -> None:
+    """Results name units such as "cm³" and "×"; a terminal that cannot show them gets escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_streams()
     try:
         parser = build_parser()  # reads the task table, which a broken plug-in can spoil
     except EngineError as exc:

@@ -91,18 +91,18 @@ def test_validate_exit_codes_and_json(blob_dataset, capsys):
 def test_plan_writes_json_and_refuses_to_overwrite(blob_dataset, tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["plan", str(blob_dataset), "--out", str(out)]) == 0
-    plan = json.loads(out.read_text())
+    plan = json.loads(out.read_text(encoding="utf-8"))
     assert plan["task"] == "esophagus" and plan["krt_box_size"] and plan["stage_loss_weights"]
     assert "3d_fullres" in plan["configurations"] and "3d_lowres" in plan["configurations"]
-    before = out.read_text()
+    before = out.read_text(encoding="utf-8")
     assert main(["plan", str(blob_dataset), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert out.read_text() == before
+    assert out.read_text(encoding="utf-8") == before
 
 
 def test_splits_are_stratified_and_saved(blob_dataset, capsys):
     assert main(["splits", str(blob_dataset), "--folds", "2"]) == 0
-    splits = json.loads((blob_dataset / "splits.json").read_text())
+    splits = json.loads((blob_dataset / "splits.json").read_text(encoding="utf-8"))
     assert len(splits) == 2
     cases = sorted(c for fold in splits for c in fold["val"])
     assert cases == [f"case_{i:03d}" for i in range(6)]

@@ -164,7 +164,7 @@ class RawDataset:
             raise DatasetError(f"'{root}' has no {DATASET_JSON}; it is not a dataset in the nnU-Net raw "
                                "layout (dataset.json, imagesTr/, labelsTr/).")
         try:
-            data = json.loads(js.read_text())
+            data = json.loads(js.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{js} is not valid JSON ({exc}).") from None
         desc = DatasetDescription.from_json(data, str(js))
@@ -198,7 +198,7 @@ def _list_cases(image_dir: Path, label_dir: Path | None, desc: DatasetDescriptio
 
 def read_stages_csv(path: str | os.PathLike) -> dict[str, CaseTargets]:
     path = Path(path)
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "case" not in reader.fieldnames or "t_stage" not in reader.fieldnames:
             raise DatasetError(f"{path} must have a header row with at least 'case,t_stage' "
@@ -228,7 +228,7 @@ def write_stages_csv(path: str | os.PathLike, targets: dict[str, CaseTargets]) -
     with_pathology = any(t.pathology is not None for t in targets.values())
     header = ["case", "t_stage"] + (["outcome"] if with_outcome or with_pathology else []) + \
         (["pathology"] if with_pathology else [])
-    with Path(path).open("w", newline="") as fh:
+    with Path(path).open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for case, t in sorted(targets.items()):

@@ -54,7 +54,7 @@ def save_splits(splits: list[dict[str, list[str]]], path: str | os.PathLike) -> 
 
 
 def load_splits(path: str | os.PathLike) -> list[dict[str, list[str]]]:
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, list) or not all({"train", "val"} <= set(d) for d in data):
         raise DatasetError(f"{path} is not a splits file (a list of {{'train': [...], 'val': [...]}}).")
     return data

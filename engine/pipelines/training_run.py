@@ -53,7 +53,7 @@ def check_resume(work: Path, current: dict[str, Any], resume: bool) -> None:
     if not work.is_dir():
         raise TrainingError(f"Nothing to resume: no unfinished training in {work}. Run without --resume.")
     if recorded.is_file():
-        before = json.loads(recorded.read_text())
+        before = json.loads(recorded.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
         if changed:
             diffs = ", ".join(f"{k} ({before.get(k)!r} → {current.get(k)!r})" for k in changed)

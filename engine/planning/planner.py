@@ -154,7 +154,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise PlanError(f"Plan file '{path}' not found.") from None
         except json.JSONDecodeError as exc:

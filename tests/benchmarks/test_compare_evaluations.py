@@ -57,7 +57,7 @@ def test_runs_on_different_cases_are_refused(tmp_path):
 def test_an_ensemble_member_is_compared_on_its_own_probabilities(tmp_path, capsys):
     ensemble = _write(tmp_path / "ensemble", TRUTH)
     swapped = ["T2", "T2", "T1", "T1", "T3", "T3", "T4", "T4"]
-    metrics = json.loads((ensemble / "metrics.json").read_text())
+    metrics = json.loads((ensemble / "metrics.json").read_text(encoding="utf-8"))
     for case, wrong in zip(metrics["cases"], swapped):
         case["member_stage_probabilities"] = [
             case["stage_probabilities"], {s: 0.7 if s == wrong else 0.1 for s in STAGES}]
@@ -74,7 +74,7 @@ def test_an_ensemble_member_is_compared_on_its_own_probabilities(tmp_path, capsy
 
 
 def _add_dice(folder: Path, ec: list[float | None], aorta: float = 0.9) -> None:
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     for case, d in zip(metrics["cases"], ec):
         case["structures"] = {"EC": {"dice": d}, "aorta": {"dice": aorta}}
     (folder / "metrics.json").write_text(json.dumps(metrics))

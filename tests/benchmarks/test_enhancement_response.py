@@ -50,13 +50,13 @@ def test_end_to_end_on_one_phantom_at_two_contrasts(tmp_path):
     # seed 7000's first phantom is a T2 (its calibration set, docs/results.md)
     assert response.main(["--model", str(DEMO_MODEL), "--out", str(out), "--seed", "7000", "--cases", "1",
                           "--scales", "0", "2", "--tta", "none"]) == 0
-    result = json.loads((out / "enhancement_response.json").read_text())
+    result = json.loads((out / "enhancement_response.json").read_text(encoding="utf-8"))
     iso, bright = result["by_scale"]["0"], result["by_scale"]["2"]
     assert iso["T2"]["n"] == bright["T2"]["n"] == 1
     assert iso["T2"]["ref_voxels"] == bright["T2"]["ref_voxels"] > 0  # same tumour at both contrasts
     assert iso["T2"]["bound_2"] < bright["T2"]["bound_2"]             # the image shows more at ×2
     assert 0.0 <= iso["T2"]["dice"] <= 1.0 and 0.0 <= bright["T2"]["dice"] <= 1.0
-    assert "EC Dice ×0" in (out / "enhancement_response.md").read_text()
+    assert "EC Dice ×0" in (out / "enhancement_response.md").read_text(encoding="utf-8")
     with pytest.raises(SystemExit, match="none of the 1 phantoms"):
         response.main(["--model", str(DEMO_MODEL), "--out", str(tmp_path / "t4"), "--seed", "7000",
                        "--cases", "1", "--stages", "T4", "--scales", "1"])

@@ -43,7 +43,7 @@ def test_pooled_report_is_the_report_of_all_cases_together(tmp_path, capsys):
     b = _evaluation(tmp_path / "b", pb, tb)
     out = tmp_path / "pooled"
     assert pool_evaluations.main([f"s1={a}", f"s2={b}", "--out", str(out)]) == 0
-    data = json.loads((out / "metrics.json").read_text())
+    data = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert data["n_cases"] == 7
     ids = [c["case_id"] for c in data["cases"]]
     assert ids == [f"s1/case_{i}" for i in range(4)] + [f"s2/case_{i}" for i in range(3)]
@@ -60,7 +60,7 @@ def test_pooled_report_is_the_report_of_all_cases_together(tmp_path, capsys):
     assert pool_evaluations.main([f"s1={a}", "--out", str(out)]) == 2
     assert (out / "metrics.json").read_bytes() == before
     assert pool_evaluations.main([f"s1={a}", "--out", str(out), "--overwrite"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["n_cases"] == 4
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["n_cases"] == 4
 
 
 def test_sets_of_other_stages_or_unnamed_sets_are_refused(tmp_path, capsys):

@@ -145,16 +145,16 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     assert not (out / "work" / "ours" / okbp.FINAL_WEIGHTS).exists()
     assert okbp.main(args + ["--methods", "ours", "--resume"]) == 3  # ours done, baseline untrained
     assert (out / "work" / "ours" / okbp.FINAL_WEIGHTS).is_file() and not (out / "results.json").exists()
-    ours_time = float((out / "work" / "ours" / okbp.TRAIN_TIME).read_text())
+    ours_time = float((out / "work" / "ours" / okbp.TRAIN_TIME).read_text(encoding="utf-8"))
     assert okbp.main(args + ["--resume"]) == 0  # trains the baseline, reuses ours, scores
-    result = json.loads((out / "results.json").read_text())
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert result["train_time_s"]["ours"] == pytest.approx(ours_time, abs=0.1)
     test, train = result["split"]["test"], result["split"]["train"]
     assert len(test) == 2 and len(train) == 4 and set(test).isdisjoint(train)
     assert result["budget"]["patch_size"] == [16, 16, 16]
     widths = {m: result["methods"][m]["features"] for m in okbp.METHODS}
     assert widths["ours"][:2] == [4, 8] and widths["baseline"][:2] == [2, 4]  # each method its own widths
-    assert "widths ours [4, 8" in (out / "results.md").read_text()
+    assert "widths ours [4, 8" in (out / "results.md").read_text(encoding="utf-8")
     for method in ("ours", "baseline"):
         assert set(result["per_case"][method]) == set(test)
         for scores in result["per_case"][method].values():
@@ -162,7 +162,7 @@ def test_tiny_end_to_end_run_writes_consistent_results(tmp_path):
     with_mandible = sum(int(c.split("_")[-1]) % 2 for c in test)
     assert result["summary"]["Brainstem"]["n"] == 2 and result["summary"]["Mandible"]["n"] == with_mandible
     assert result["train_time_s"]["ours"] > 0 and result["train_time_s"]["baseline"] > 0
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert "| Brainstem | 2 |" in table and "mean over organs" in table
     with pytest.raises(SystemExit, match="--overwrite"):  # a finished run is never replaced silently
         okbp.main(args)

@@ -114,8 +114,8 @@ def test_end_to_end_with_the_demo_model_and_without_a_model(tmp_path, capsys):
     assert errors.main([str(data), "--out", str(tmp_path / "bound"), "--no-model"]) == 0
     assert errors.main([str(data), "--out", str(tmp_path / "model"), "--model", str(DEMO_MODEL),
                         "--tta", "none"]) == 0
-    bound = json.loads((tmp_path / "bound" / "tumour_errors.json").read_text())
-    full = json.loads((tmp_path / "model" / "tumour_errors.json").read_text())
+    bound = json.loads((tmp_path / "bound" / "tumour_errors.json").read_text(encoding="utf-8"))
+    full = json.loads((tmp_path / "model" / "tumour_errors.json").read_text(encoding="utf-8"))
     assert [c["case_id"] for c in full["cases"]] == ["esophagus_000", "esophagus_001"]
     # the bound does not depend on the model
     assert [c["intensity_bound"] for c in full["cases"]] == [c["intensity_bound"] for c in bound["cases"]]
@@ -125,8 +125,8 @@ def test_end_to_end_with_the_demo_model_and_without_a_model(tmp_path, capsys):
         assert s["ref_voxels"] > 0
     mean_dice = np.mean([c["scores"]["dice"] for c in full["cases"]])
     assert full["summary"]["all"]["dice"] == pytest.approx(mean_dice)
-    assert "EC Dice" in (tmp_path / "model" / "tumour_errors.md").read_text()
-    assert "EC Dice" not in (tmp_path / "bound" / "tumour_errors.md").read_text()
+    assert "EC Dice" in (tmp_path / "model" / "tumour_errors.md").read_text(encoding="utf-8")
+    assert "EC Dice" not in (tmp_path / "bound" / "tumour_errors.md").read_text(encoding="utf-8")
 
 
 def test_refuses_unknown_cases_and_a_missing_model_choice(tmp_path):

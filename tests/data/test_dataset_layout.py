@@ -19,7 +19,7 @@ def test_written_dataset_loads_in_nnunet_layout(blob_dataset):
     ds = RawDataset.load(blob_dataset)
     assert (blob_dataset / "imagesTr" / "case_000_0000.nii.gz").is_file()
     assert (blob_dataset / "labelsTr" / "case_000.nii.gz").is_file()
-    meta = json.loads((blob_dataset / "dataset.json").read_text())
+    meta = json.loads((blob_dataset / "dataset.json").read_text(encoding="utf-8"))
     assert meta["numTraining"] == 6 and meta["channel_names"] == {"0": "CT"} and meta["file_ending"] == ".nii.gz"
     assert [c.case_id for c in ds.training] == [f"case_{i:03d}" for i in range(6)]
     assert [c.stage for c in ds.training] == ["T1", "T2", "T3", "T4", "T1", "T2"]
@@ -32,7 +32,7 @@ def test_written_dataset_loads_in_nnunet_layout(blob_dataset):
 def test_stages_csv_round_trip_with_outcome(tmp_path):
     targets = {"a": CaseTargets("T2", 1, "SCC"), "b": CaseTargets("T4", 0, None)}
     write_stages_csv(tmp_path / "s.csv", targets)
-    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "case,t_stage,outcome,pathology"
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[0] == "case,t_stage,outcome,pathology"
     assert read_stages_csv(tmp_path / "s.csv") == targets
 
 
@@ -67,7 +67,7 @@ def test_validation_reports_all_problems_at_once(blob_dataset):
     bad = RawDataset.load(root).training[3].load_label()
     bad.array[0, 0, 0] = 7
     write_image(bad, root / "labelsTr" / "case_003.nii.gz")                # unknown label value
-    lines = (root / "stages.csv").read_text().splitlines()
+    lines = (root / "stages.csv").read_text(encoding="utf-8").splitlines()
     (root / "stages.csv").write_text("\n".join(l for l in lines if not l.startswith("case_004")) + "\n")
     (root / "imagesTr" / "case_005_0000.nii.gz").write_bytes(b"garbage")  # corrupt image
     report = validate_dataset(root)

@@ -259,7 +259,7 @@ def test_refuses_to_overwrite_and_leaves_files_untouched(report, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(REPORT_FILES.values())
     again = write_report(report, tmp_path, overwrite=True)
     assert set(again) == set(REPORT_FILES)
-    assert json.loads(again["json"].read_text()) == json.loads(before["json"][0])
+    assert json.loads(again["json"].read_text(encoding="utf-8")) == json.loads(before["json"][0])
 
 
 def test_report_without_stages_omits_stage_section(cases_and_maps, report, tmp_path):
@@ -278,7 +278,7 @@ def test_report_without_stages_omits_stage_section(cases_and_maps, report, tmp_p
     md = paths["markdown"].read_text(encoding="utf-8")
     assert "Stage classification" not in md and "Macro" not in md and "Confusion" not in md
     assert "## Segmentation" in md and "## Volume agreement" in md
-    assert json.loads(paths["json"].read_text())["classification"] is None
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["classification"] is None
     assert rep.segmentation_by_stage == [] and "by reference stage" not in md
 
 
@@ -366,7 +366,7 @@ def test_ensemble_members_are_each_classified_on_the_same_cases(cases_and_maps, 
     assert aucs[0] != pytest.approx(aucs[1])
     assert summarize(cases, STAGES).member_classification == []       # a single model has no members
     paths = write_report(report, tmp_path / "out")
-    md = paths["markdown"].read_text()
+    md = paths["markdown"].read_text(encoding="utf-8")
     assert "### Ensemble members" in md and "| member 2 | 6 |" in md and "| **ensemble** | 6 |" in md
     again, names = read_cases(paths["json"])
     for read, given in zip(again[0].member_stage_probabilities, with_members[0].member_stage_probabilities):

@@ -35,7 +35,7 @@ def test_writers_run_concurrently_and_last_runs_after_all_of_them(tmp_path):
     files = outputs.write_all(out, {"a.txt": meeting("a"), "b.txt": meeting("b")},
                               last={"report.json": report})
     assert seen_by_last == ["a.txt", "b.txt"]  # both finished, in the staging folder, before the report
-    contents = {n: p.read_text() for n, p in files.items()}
+    contents = {n: p.read_text(encoding="utf-8") for n, p in files.items()}
     assert contents == {"a.txt": "a", "b.txt": "b", "report.json": "report"}
     assert sorted(f.name for f in out.iterdir()) == ["a.txt", "b.txt", "report.json"]  # no staging left
 
@@ -60,7 +60,7 @@ def test_a_failing_writer_leaves_the_folder_as_it_was(tmp_path):
     assert finished.is_set()  # the other writer finished before the staging folder was removed
     assert report_called == []
     assert sorted(f.name for f in out.iterdir()) == ["a.txt"]
-    assert (out / "a.txt").read_text() == "previous run"
+    assert (out / "a.txt").read_text(encoding="utf-8") == "previous run"
 
 
 def test_a_writer_that_writes_nothing_is_an_error(tmp_path):
@@ -73,7 +73,7 @@ def test_a_writer_that_writes_nothing_is_an_error(tmp_path):
 def test_an_output_folder_is_locked_once_and_released_without_a_trace(tmp_path):
     out = tmp_path / "new" / "run"
     with outputs.lock_output(out) as lock:
-        assert (out / outputs.LOCK_FILE).read_text().startswith(f"{os.getpid()}\n")
+        assert (out / outputs.LOCK_FILE).read_text(encoding="utf-8").startswith(f"{os.getpid()}\n")
         with pytest.raises(outputs.OutputBusy, match=f"being written by process {os.getpid()}"):
             outputs.lock_output(out)
     assert not out.exists()  # created for the run, left empty: removed again

@@ -18,7 +18,7 @@ def test_a_new_run_clears_an_earlier_runs_checkpoints_and_a_resume_keeps_them(tm
     assert (work / "fullres" / "checkpoints" / "last").is_dir()
     record_run(work, {"seed": 2}, resume=False)
     assert sorted(p.name for p in work.iterdir()) == [RUN_OPTIONS_FILE]
-    assert json.loads((work / RUN_OPTIONS_FILE).read_text()) == {"seed": 2}
+    assert json.loads((work / RUN_OPTIONS_FILE).read_text(encoding="utf-8")) == {"seed": 2}
 
 
 def test_resume_refuses_other_options_and_a_run_that_never_started(tmp_path):

@@ -115,7 +115,7 @@ def test_half_precision_storage_halves_the_files_and_loads_as_float32(tmp_path):
 
 def test_recorded_sha256_and_size_match_the_files(tmp_path):
     b = make_bundle(tmp_path / "b")
-    manifest = json.loads((tmp_path / "b" / "model.json").read_text())
+    manifest = json.loads((tmp_path / "b" / "model.json").read_text(encoding="utf-8"))
     for w in manifest["weights"]:
         data = (tmp_path / "b" / w["file"]).read_bytes()
         assert w["sha256"] == hashlib.sha256(data).hexdigest() == sha256_file(tmp_path / "b" / w["file"])
@@ -159,7 +159,7 @@ def test_missing_weights_file_is_refused(tmp_path):
 
 
 def _edit_manifest(folder: Path, edit) -> None:
-    m = json.loads((folder / "model.json").read_text())
+    m = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     edit(m)
     (folder / "model.json").write_text(json.dumps(m))
 
@@ -174,7 +174,7 @@ def test_missing_required_key_is_refused(tmp_path):
 def test_truncated_or_missing_manifest_is_refused(tmp_path):
     make_bundle(tmp_path / "b")
     mp = tmp_path / "b" / "model.json"
-    mp.write_text(mp.read_text()[:50])
+    mp.write_text(mp.read_text(encoding="utf-8")[:50])
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(tmp_path / "b")
     mp.unlink()
@@ -213,7 +213,7 @@ def test_save_refuses_existing_folder_unless_overwrite(tmp_path):
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(BundleError, match="already exists"):
         make_bundle(out)
-    assert (out / "precious.txt").read_text() == "keep me"
+    assert (out / "precious.txt").read_text(encoding="utf-8") == "keep me"
     b = make_bundle(out, version="0.2.0", overwrite=True)
     assert b.version == "0.2.0" and not (out / "precious.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

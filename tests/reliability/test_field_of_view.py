@@ -41,7 +41,7 @@ def test_tiny_volume_runs_with_a_warning_in_report_output_summary_and_overview(t
                  "--no-gradcam"])
     assert code == 0  # a warning, not a refusal: a cropped scan may be all there is
 
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     [warning] = _fov_warnings(report["warnings"])
     assert "23 × 23 × 23 mm" in warning and "80 × 150 × 150 mm" in warning
     assert "mediastinum" in warning and "np." not in warning

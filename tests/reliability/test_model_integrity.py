@@ -43,7 +43,7 @@ def _tiny_bundle(out: Path, model_card: str | None = "# Tiny\nSynthetic phantoms
 
 def _edit_json(folder: Path, edit) -> None:
     path = folder / "model.json"
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     edit(manifest)
     path.write_text(json.dumps(manifest, indent=2))
 
@@ -73,7 +73,7 @@ def test_edited_normalisation_is_refused_by_verify(tmp_path, capsys):
 def test_edited_deleted_or_added_model_card_is_refused(tmp_path, capsys):
     _tiny_bundle(tmp_path / "b")
     card = tmp_path / "b" / "MODEL_CARD.md"
-    card.write_text(card.read_text().replace("Synthetic phantoms only.", "Validated on 10,000 patients."))
+    card.write_text(card.read_text(encoding="utf-8").replace("Synthetic phantoms only.", "Validated on 10,000 patients."))
     code, _, errors = _cli(["models", "verify", str(tmp_path / "b")], capsys)
     assert code == 2 and len(errors) == 1 and "MODEL_CARD.md was edited" in errors[0]
     card.unlink()
@@ -103,7 +103,7 @@ def test_an_unedited_bundle_still_verifies_exports_imports_and_loads_from_zip(tm
     assert installed.read_model_card() == bundle.read_model_card()
     # re-formatting model.json (indentation, key order) is not an edit
     _edit_json(tmp_path / "b", lambda m: None)
-    manifest = json.loads((tmp_path / "b" / "model.json").read_text())
+    manifest = json.loads((tmp_path / "b" / "model.json").read_text(encoding="utf-8"))
     (tmp_path / "b" / "model.json").write_text(json.dumps(dict(reversed(list(manifest.items())))))
     (tmp_path / "b" / ".DS_Store").write_bytes(b"\0")  # files the engine never reads are ignored
     assert _cli(["models", "verify", str(tmp_path / "b")], capsys)[0] == 0
@@ -158,12 +158,12 @@ def test_seal_never_blesses_corrupt_weights_or_an_edited_sealed_bundle(tmp_path,
     weights.write_bytes(bytes(data))
     code, _, errors = _cli(["models", "seal", str(tmp_path / "b")], capsys)
     assert code == 2 and "segmentation.safetensors" in errors[0]
-    assert "manifest_sha256" not in (tmp_path / "b" / "model.json").read_text()
+    assert "manifest_sha256" not in (tmp_path / "b" / "model.json").read_text(encoding="utf-8")
 
     _tiny_bundle(tmp_path / "c")
     _edit_json(tmp_path / "c", _set_mean(0.0))
-    before = (tmp_path / "c" / "model.json").read_text()
+    before = (tmp_path / "c" / "model.json").read_text(encoding="utf-8")
     code, _, errors = _cli(["models", "seal", str(tmp_path / "c")], capsys)
-    assert code == 2 and "--force" in errors[0] and (tmp_path / "c" / "model.json").read_text() == before
+    assert code == 2 and "--force" in errors[0] and (tmp_path / "c" / "model.json").read_text(encoding="utf-8") == before
     assert _cli(["models", "seal", str(tmp_path / "c"), "--force"], capsys)[0] == 0
     assert load_bundle(tmp_path / "c").plan["normalization"]["mean"] == 0.0

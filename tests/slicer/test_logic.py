@@ -178,7 +178,7 @@ def test_gradcam_node_has_the_input_geometry_and_a_heat_colour_map(ct, staged):
 
 def test_tables_hold_the_values_of_report_json(staged):
     outcome, run_dir = staged
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     table = outcome.nodes.volume_table.GetTable()
     got = {table.GetValue(r, 0).ToString(): table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())}
     assert got == pytest.approx(report["volumes_cm3"])
@@ -308,7 +308,7 @@ def test_a_model_of_another_task_is_refused_before_running(headless, ct, logic, 
 
     other = tmp_path / "npc-model"
     shutil.copytree(trained.bundle_dir, other)
-    manifest = json.loads((other / "model.json").read_text())
+    manifest = json.loads((other / "model.json").read_text(encoding="utf-8"))
     manifest["task"] = "npc"
     (other / "model.json").write_text(json.dumps(manifest))
     seal_bundle(other, force=True)  # a genuine model of another task, not an edited one

@@ -155,7 +155,7 @@ def test_extension_metadata_and_catalog_entry():
     for url in [meta["EXTENSION_ICONURL"], *meta["EXTENSION_SCREENSHOTURLS"].split()]:
         local = REPO / url.split("/main/", 1)[1]
         assert local.is_file() and local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
-    catalog = json.loads((REPO / "Resources" / "OncoStaging.json").read_text())
+    catalog = json.loads((REPO / "Resources" / "OncoStaging.json").read_text(encoding="utf-8"))
     assert catalog["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert set(catalog) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
                             "scm_url", "tier"}

@@ -92,7 +92,7 @@ def test_a_second_task_of_the_same_name_is_refused(toy):
 
 
 def test_synth_and_validate_against_the_task(toy_dataset, capsys):
-    description = json.loads((toy_dataset / "dataset.json").read_text())
+    description = json.loads((toy_dataset / "dataset.json").read_text(encoding="utf-8"))
     assert description["labels"] == {"background": 0, "lesion": 1, "organ": 2}
     assert len(list((toy_dataset / "imagesTr").iterdir())) == 4
     assert main(["validate", str(toy_dataset), "--task", "toy"]) == 0
@@ -103,12 +103,12 @@ def test_synth_and_validate_against_the_task(toy_dataset, capsys):
 
 def test_plan_follows_the_tasks_plan_defaults(toy_dataset, tmp_path):
     assert main(["plan", str(toy_dataset), "--task", "toy", "--out", str(tmp_path / "plan.json")]) == 0
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan = json.loads((tmp_path / "plan.json").read_text(encoding="utf-8"))
     assert plan["task"] == "toy" and list(plan["configurations"]) == ["3d_fullres"]  # no cascade declared
 
 
 def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path, capsys):
-    manifest = json.loads((toy_model / "model.json").read_text())
+    manifest = json.loads((toy_model / "model.json").read_text(encoding="utf-8"))
     assert manifest["task"] == "toy" and manifest["stages"] == ["low", "high"]
     assert manifest["metrics"]["training"]["iterations"] == 4  # one step per case, one epoch
     assert main(["models", "verify", str(toy_model), "--task", "toy"]) == 0
@@ -121,7 +121,7 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
     )
     printed = capsys.readouterr().out
     assert "Predicted stage:" in printed
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["task"] == "toy" and report["predicted_stage"] in ("low", "high")
     assert sum(report["stage_probabilities"].values()) == pytest.approx(1.0)
     assert set(report["volumes_cm3"]) == {"lesion", "organ"}
@@ -136,7 +136,7 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
     again = tmp_path / "run-by-model"  # the bundle's task picks the implementation when --task is left out
     assert main(["run", "--input", str(image), "--out", str(again), "--model", str(toy_model)]) == 0
     assert (
-        json.loads((again / "report.json").read_text())["stage_probabilities"]
+        json.loads((again / "report.json").read_text(encoding="utf-8"))["stage_probabilities"]
         == report["stage_probabilities"]
     )
 
@@ -180,12 +180,12 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
         )
         == 0
     )
-    metrics = json.loads((evaluation / "metrics.json").read_text())
+    metrics = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["metadata"]["task"] == "toy" and metrics["n_cases"] == 4
     assert [s["name"] for s in metrics["structures"]] == ["lesion", "organ"]
     assert metrics["stage_names"] == ["low", "high"]
     assert all(0.0 <= s["dice"]["mean"] <= 1.0 for s in metrics["structures"])
-    assert "lesion" in (evaluation / "metrics.md").read_text()
+    assert "lesion" in (evaluation / "metrics.md").read_text(encoding="utf-8")
 
 
 def test_training_is_reproducible_by_seed(toy_dataset, tmp_path):

@@ -54,7 +54,7 @@ def _native_threads() -> list[str] | None:
     tasks = Path("/proc/self/task")
     if not tasks.is_dir():
         return None
-    return sorted((t / "comm").read_text().strip() for t in tasks.iterdir() if (t / "comm").exists())
+    return sorted((t / "comm").read_text(encoding="utf-8").strip() for t in tasks.iterdir() if (t / "comm").exists())
 
 
 if __name__ == "__main__":

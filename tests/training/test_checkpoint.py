@@ -90,7 +90,7 @@ def test_rng_state_round_trip(tmp_path):
 @pytest.mark.parametrize("role", ["model", "state_tensors", "state"])
 def test_tampered_file_is_rejected(tmp_path, role):
     save_checkpoint(tmp_path, nn.Linear(3, 2), {"epoch": 1, "x": torch.ones(4)})
-    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text(encoding="utf-8"))
     target = tmp_path / manifest["files"][role]["name"]
     data = bytearray(target.read_bytes())
     data[-2] ^= 0x01
@@ -111,7 +111,7 @@ def test_weights_without_manifest_is_not_a_checkpoint(tmp_path):
 
 def test_missing_data_file_is_incomplete(tmp_path):
     save_checkpoint(tmp_path, nn.Linear(3, 2), {"epoch": 1})
-    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text(encoding="utf-8"))
     (tmp_path / manifest["files"]["state_tensors"]["name"]).unlink()
     with pytest.raises(TrainingError, match="incomplete"):
         load_checkpoint(tmp_path)

@@ -79,7 +79,7 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     events = [parse_progress_line(line) for line in ddp.stdout.splitlines() if line.startswith(PROGRESS_PREFIX)]
     assert [e.kind for e in events].count("epoch") == epochs
     assert [e.kind for e in events].count("end") == 1 and events[-1].status == "completed"
-    results = [json.loads((tmp_path / "ddp_result" / f"result_rank{r}.json").read_text()) for r in (0, 1)]
+    results = [json.loads((tmp_path / "ddp_result" / f"result_rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert results[0]["final_metrics"]["train_loss"] == results[1]["final_metrics"]["train_loss"]
     assert all(r["epochs_run"] == epochs and r["global_step"] == epochs * 4 for r in results)
     # Training tore the process group down: none of gloo's threads (workers, socket loop) outlives it into

@@ -39,7 +39,7 @@ def split_cases(path: str | Path, part: str) -> list[str]:
     from engine.errors import EngineError
 
     try:
-        cases = json.loads(Path(path).read_text())[part]
+        cases = json.loads(Path(path).read_text(encoding="utf-8"))[part]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EngineError(f"Cannot read the '{part}' cases of split file {path} ({exc}).") from exc
     return [str(c) for c in cases]

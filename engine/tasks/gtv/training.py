@@ -270,7 +270,7 @@ def choose_split(ds: RawDataset, options: GtvTrainOptions) -> tuple[list[str], l
     """Training and validation case ids: the fixed split file, else a cross-validation fold, else all."""
     ids = [c.case_id for c in ds.training]
     if options.split:
-        data = json.loads(Path(options.split).read_text())
+        data = json.loads(Path(options.split).read_text(encoding="utf-8"))
         train = [i for i in data.get("train", []) if i in ids]
         val = [i for i in data.get("val", []) if i in ids]
         unused = sorted(set(ids) - set(train) - set(val))
@@ -314,7 +314,7 @@ def given_plan(plan: Any) -> GtvPlan | None:
     if isinstance(plan, GtvPlan):
         return plan
     if isinstance(plan, (str, Path)):
-        data = json.loads(Path(plan).read_text())
+        data = json.loads(Path(plan).read_text(encoding="utf-8"))
         data = data.get("plan", data)
         if "image_size" in data:
             return GtvPlan.from_dict(data)

@@ -153,6 +153,6 @@ def test_cli_ensemble_writes_a_bundle_that_runs(tiny, second_member, tmp_path, c
     result = segment_and_stage(image_path, tmp_path / "run", bundle, device="cpu")
     assert sum(result.report["stage_probabilities"].values()) == pytest.approx(1.0)
     files = evaluate(tiny["root"] / "data", tmp_path / "eval", bundle, device="cpu", tta="none")
-    metrics = json.loads(files["json"].read_text())
+    metrics = json.loads(files["json"].read_text(encoding="utf-8"))
     assert len(metrics["member_classification"]) == 2 and "stage classifiers" in metrics["metadata"]
-    assert "### Ensemble members" in files["markdown"].read_text()
+    assert "### Ensemble members" in files["markdown"].read_text(encoding="utf-8")

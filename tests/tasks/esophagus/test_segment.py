@@ -24,7 +24,7 @@ def test_segment_and_stage_writes_every_output_consistently(tiny, tmp_path):
     case = tiny["dataset"].training[3]
     result = segment_and_stage(case.image_files[0], tmp_path / "run", tiny["predictor"])
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
     for key in ("task", "model", "input", "stage_probabilities", "predicted_stage", "volumes_cm3", "krt_box",
                 "warnings", "timings_s", "test_time_augmentation"):
         assert key in report
@@ -75,7 +75,7 @@ def test_model_of_another_task_and_tampered_model_are_refused(tiny, tmp_path):
 
     other = tmp_path / "other"
     shutil.copytree(tiny["bundle"].path, other)
-    manifest = json.loads((other / "model.json").read_text())
+    manifest = json.loads((other / "model.json").read_text(encoding="utf-8"))
     manifest["task"] = "npc"
     (other / "model.json").write_text(json.dumps(manifest))
     image_path = tiny["dataset"].training[0].image_files[0]
@@ -131,12 +131,12 @@ def test_cli_run_and_evaluate(tiny, tmp_path, capsys):
                      str(tmp_path / "run"), "--model", model]) == 2          # existing results
     assert cli_main(["evaluate", "--task", "esophagus", "--data", str(tiny["root"] / "data"), "--model", model,
                      "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics
-    assert "mean over 4 in-plane mirrorings" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert "mean over 4 in-plane mirrorings" in (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
     assert cli_main(["evaluate", "--task", "esophagus", "--data", str(tiny["root"] / "data"), "--model", model,
                      "--out", str(tmp_path / "eval_plain"), "--device", "cpu", "--tta", "none"]) == 0
-    assert "stage classification: none" in (tmp_path / "eval_plain" / "metrics.md").read_text()
+    assert "stage classification: none" in (tmp_path / "eval_plain" / "metrics.md").read_text(encoding="utf-8")
     for name in ("metrics.md", "roc.png", "bland_altman.png"):
         assert (tmp_path / "eval" / name).exists()
 
@@ -151,5 +151,5 @@ def test_demo_runs_segment_and_stage_with_an_installed_model(tiny, tmp_path, cap
     assert demo.main(["--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "true stage T" in out and "Predicted stage: T" in out and "Volumes (cm³)" in out
-    report = json.loads((tmp_path / "demo" / "segment_and_stage" / "report.json").read_text())
+    report = json.loads((tmp_path / "demo" / "segment_and_stage" / "report.json").read_text(encoding="utf-8"))
     assert report["model"]["id"] == tiny["bundle"].id

@@ -191,7 +191,7 @@ def test_best_classifier_checkpoint_is_the_best_validated_epoch(tiny, tmp_path):
     same = all(torch.equal(v, best.load_state_dict(CLASSIFIER)[k])
                for k, v in final.load_state_dict(CLASSIFIER).items())
     assert same == (epoch == 4)
-    assert f", epoch {epoch}\n" in (best.path / "MODEL_CARD.md").read_text()
+    assert f", epoch {epoch}\n" in (best.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     with pytest.raises(TrainingError, match="validation fold"):
         TrainOptions(**{**base, "fold": None}, classifier_checkpoint="best")
     with pytest.raises(TrainingError, match="classifier-checkpoint"):
@@ -254,7 +254,7 @@ def test_classifier_only_training_refuses_a_dataset_with_other_labels(tiny, tmp_
 
     other = tmp_path / "renamed"
     shutil.copytree(tiny["root"] / "data", other)
-    meta = json.loads((other / "dataset.json").read_text())
+    meta = json.loads((other / "dataset.json").read_text(encoding="utf-8"))
     meta["labels"] = {("mediastinal node" if k == "lymph node" else k): v for k, v in meta["labels"].items()}
     (other / "dataset.json").write_text(json.dumps(meta))
     options = TrainOptions(**{**tiny["options"], "segmentation_from": str(tiny["bundle"].path)})

@@ -80,7 +80,7 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
                  "--device", "cpu"]) == 0
     for name in ("segmentation.nii.gz", "segmentation.seg.nrrd", "gradcam.nii.gz", "overview.png", "report.json"):
         assert (out / name).is_file(), name
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     n_slices = report["input"]["shape"][2]
     assert len(report["slice_probabilities"]) == n_slices == 48
     assert all(0.0 <= p <= 1.0 for p in report["slice_probabilities"])
@@ -90,18 +90,18 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
     ev = tmp_path / "eval"
     assert main(["evaluate", "--task", "gtv", "--data", str(phantoms), "--model", str(model), "--out", str(ev),
                  "--device", "cpu"]) == 0
-    metrics = json.loads((ev / "metrics.json").read_text())
+    metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_cases"] == 4 and metrics["structures"][0]["name"] == "GTV"
     cls = metrics["metadata"]["slice_classification"]
     assert cls["slices"] == 4 * 48 and 0 <= cls["recall"]["ci95"][0] <= cls["recall"]["value"] <= 1
-    assert "Slice classifier" in (ev / "metrics.md").read_text()
+    assert "Slice classifier" in (ev / "metrics.md").read_text(encoding="utf-8")
 
     split = tmp_path / "split.json"
     ids = sorted(c.case_id for c in RawDataset.load(phantoms).training)
     split.write_text(json.dumps({"train": ids[:2], "val": ids[2:]}))
     assert main(["evaluate", "--task", "gtv", "--data", str(phantoms), "--model", str(model), "--out",
                  str(tmp_path / "eval_val"), "--device", "cpu", "--split", str(split)]) == 0
-    held_out = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())
+    held_out = json.loads((tmp_path / "eval_val" / "metrics.json").read_text(encoding="utf-8"))
     assert [c["case_id"] for c in held_out["cases"]] == ids[2:]
 
 
@@ -125,7 +125,7 @@ def test_openkbp_gtv_from_ptv70(tmp_path):
     for case in ds.training:
         label = case.load_label().array
         assert set(np.unique(label)) <= {0, 1} and label.any()
-    split = json.loads(Path("engine/tasks/gtv/openkbp_split.json").read_text())
+    split = json.loads(Path("engine/tasks/gtv/openkbp_split.json").read_text(encoding="utf-8"))
     assert len(split["train"]) == 136 and len(split["val"]) == 34 and not set(split["train"]) & set(split["val"])
 
 
@@ -135,7 +135,7 @@ def test_fixed_split_selects_present_cases(tmp_path):
     from engine.tasks.gtv.openkbp import SPLIT_FILE
     from engine.tasks.gtv.training import choose_split
 
-    fixed = json.loads(SPLIT_FILE.read_text())
+    fixed = json.loads(SPLIT_FILE.read_text(encoding="utf-8"))
     ids = sorted(fixed["train"] + fixed["val"], key=lambda c: int(c.split("_")[1]))[:40]
     ds = SimpleNamespace(training=[SimpleNamespace(case_id=i) for i in [*ids, "openkbp_9999"]])
     train, val = choose_split(ds, GtvTrainOptions(split=str(SPLIT_FILE)))
