@@ -31,8 +31,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
 import shutil
 import sys
 import time
@@ -44,20 +42,29 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, str(REPO))
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared baseline helpers beside this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_model, save_model  # noqa: E402
 from torch import nn  # noqa: E402
+
+from nnunet_baseline import (  # noqa: E402,F401  (re-exported: the tests and older notes use these names)
+    NNUNET_FEATURES,
+    NNUNET_SGD,
+    DeepSupervisionList,
+    dynunet,
+    hardware,
+    nnunet_loss,
+    plan_3d,
+)
 
 log = logging.getLogger("realdata_comparison")
 
 METHODS = ("ours", "baseline")
 #: Per method in OUT/work/<method>/: trained weights, training wall time (s) summed over resumes, widths.
 FINAL_WEIGHTS, TRAIN_TIME, WIDTHS = "final.safetensors", "train_time_s.txt", "features.json"
-#: nnU-Net v2 PolyLRScheduler / SGD defaults.
-NNUNET_SGD = dict(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-#: nnU-Net v2's 3d_fullres widths: 32 channels doubling per stage, capped at 320.
-NNUNET_FEATURES = (32, 320)
 
 
 @dataclass
@@ -79,18 +86,6 @@ def holdout_split(case_ids: Sequence[str], fraction: float, seed: int) -> Split:
     return Split(sorted(set(ids) - set(test)), test)
 
 
-class DeepSupervisionList(nn.Module):
-    """DynUNet stacks its deep-supervision outputs on dim 1 in training; the loss wants a list."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        out = self.net(x)
-        return list(torch.unbind(out, dim=1)) if self.training and out.ndim == x.ndim + 1 else out
-
-
 def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``method`` on the shared topology/widths of ``spec`` (an engine NetworkSpec)."""
     from engine.models.nn_mtnet import SegmentationNet
@@ -100,14 +95,8 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
         net: nn.Module = SegmentationNet(spec)
         desc = {"network": "engine.models.nn_mtnet.SegmentationNet (residual, nn-MTNet segmentation branch)"}
     else:
-        from monai.networks.nets import DynUNet
-
-        net = DeepSupervisionList(DynUNet(
-            spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.num_classes,
-            kernel_size=spec.kernel_sizes, strides=spec.strides, upsample_kernel_size=spec.strides[1:],
-            filters=list(spec.features), norm_name=("INSTANCE", {"affine": True}),
-            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
-            deep_supervision=outputs > 1, deep_supr_num=max(outputs - 1, 1), res_block=False))
+        net = dynunet(3, spec.in_channels, spec.num_classes, spec.kernel_sizes, spec.strides, spec.features,
+                      outputs)
         desc = {"network": "monai.networks.nets.DynUNet (nnU-Net 3d_fullres U-Net)"}
     desc.update(deep_supervision_outputs=outputs, features=list(spec.features),
                 kernel_sizes=spec.kernel_sizes, strides=spec.strides,
@@ -139,27 +128,14 @@ def engine_trainer_config(args: argparse.Namespace, work: Path, batch: int):
 def training_setup(method: str, deep_supervision_outputs: int):
     """Loss, optimizer and schedule each method prescribes; ours keeps ``engine train``'s optimizer and
     schedule (``None``: those of :func:`engine_trainer_config`)."""
-    from monai.losses import DiceCELoss
-
     from engine.losses import DeepSupervisionLoss, segmentation_loss
     from engine.tasks.esophagus.options import TrainOptions
     from engine.training.config import OptimizerConfig, SchedulerConfig
 
     if method == "ours":
         return DeepSupervisionLoss(segmentation_loss(TrainOptions().seg_loss)), None, None
-    weights = [0.5 ** i for i in range(deep_supervision_outputs)]
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                         smooth_nr=1e-5, smooth_dr=1e-5)
-    return (DeepSupervisionLoss(dice_ce, weights=weights), OptimizerConfig(name="sgd", **NNUNET_SGD),
+    return (nnunet_loss(deep_supervision_outputs), OptimizerConfig(name="sgd", **NNUNET_SGD),
             SchedulerConfig(name="poly"))
-
-
-def hardware() -> dict[str, Any]:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def make_dataset(args: argparse.Namespace, out: Path):
@@ -176,19 +152,7 @@ def make_dataset(args: argparse.Namespace, out: Path):
 
 def plan_on(ds, train_ids: set[str], args: argparse.Namespace):
     """nnU-Net's rules on the training cases only (normalisation statistics included)."""
-    from engine.planning import extract_fingerprint, make_plan
-    from engine.planning.planner import network_topology
-
-    train_only = replace(ds, training=[c for c in ds.training if c.case_id in train_ids])
-    plan = make_plan(extract_fingerprint(train_only), "esophagus",
-                     spacing=args.target_spacing if args.target_spacing else None)
-    plan.configurations = {"3d_fullres": plan.configuration("3d_fullres")}  # no cascade: one resolution
-    cfg = plan.configuration("3d_fullres")
-    if args.patch:
-        cfg.network, cfg.patch_size = network_topology(list(args.patch), cfg.spacing, 320)
-    if args.batch_size:
-        cfg.batch_size = args.batch_size
-    return plan
+    return plan_3d(ds, train_ids, "esophagus", args.target_spacing, args.patch, args.batch_size)
 
 
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
