@@ -301,17 +301,27 @@ def train_dynunet2d(args: argparse.Namespace, work: Path, train_ids: list[str], 
     return {"steps": steps, "batch_size": batch, "image_size": plan.image_size, **desc}
 
 
-def dynunet3d_setup(args: argparse.Namespace, ds, train_ids: list[str]):
-    """The 3d_fullres plan on the training cases (realdata_comparison's baseline) and the network."""
-    from nnunet_baseline import deep_supervision_outputs, dynunet, plan_3d
+def dynunet3d_network(plan, features: Sequence[int]):
+    """DynUNet 3D on a 3d_fullres plan's topology (realdata_comparison's baseline) and its description."""
+    from nnunet_baseline import deep_supervision_outputs, dynunet
 
     from engine.models.nn_mtnet import NetworkSpec
 
+    cfg = plan.configuration("3d_fullres")
+    spec = NetworkSpec.from_topology(cfg.network, 1, len(plan.labels), *features)
+    outputs = deep_supervision_outputs(len(spec.features), spec.deep_supervision)
+    net = dynunet(3, 1, len(plan.labels), spec.kernel_sizes, spec.strides, spec.features, outputs)
+    return net, spec, outputs
+
+
+def dynunet3d_setup(args: argparse.Namespace, ds, train_ids: list[str]):
+    """The 3d_fullres plan on the training cases (nnU-Net's rules by the engine's planner; the task name
+    only picks 3D planning without fixed spacing or patch) and the network."""
+    from nnunet_baseline import plan_3d
+
     plan = plan_3d(ds, set(train_ids), "esophagus", args.target_spacing, args.patch_3d, args.batch_size_3d)
     cfg = plan.configuration("3d_fullres")
-    spec = NetworkSpec.from_topology(cfg.network, 1, len(plan.labels), *args.dynunet3d_features)
-    outputs = deep_supervision_outputs(len(spec.features))
-    net = dynunet(3, 1, len(plan.labels), spec.kernel_sizes, spec.strides, spec.features, outputs)
+    net, spec, outputs = dynunet3d_network(plan, args.dynunet3d_features)
     return plan, cfg, net, {"kernels": spec.kernel_sizes, "strides": spec.strides, "features": list(spec.features),
                             "deep_supervision_outputs": outputs, "patch_size": cfg.patch_size,
                             "spacing_mm": cfg.spacing, "batch_size": cfg.batch_size}
@@ -406,13 +416,7 @@ def predictor_for(method: str, args: argparse.Namespace, work: Path, train_ids: 
 
         plan = Plan.load(work / "plan.json")
         cfg = plan.configuration("3d_fullres")
-        from nnunet_baseline import deep_supervision_outputs, dynunet
-
-        from engine.models.nn_mtnet import NetworkSpec
-
-        spec = NetworkSpec.from_topology(cfg.network, 1, len(plan.labels), *args.dynunet3d_features)
-        net = dynunet(3, 1, len(plan.labels), spec.kernel_sizes, spec.strides, spec.features,
-                      deep_supervision_outputs(len(spec.features)))
+        net, _, _ = dynunet3d_network(plan, args.dynunet3d_features)
         load_model(net, str(work / "weights.safetensors"))
         net = net.to(device).eval()
         pre = Preprocessor(plan, "3d_fullres")

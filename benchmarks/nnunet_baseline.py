@@ -56,9 +56,9 @@ def dynunet(spatial_dims: int, in_channels: int, out_channels: int, kernel_sizes
         deep_supervision=outputs > 1, deep_supr_num=max(outputs - 1, 1), res_block=False))
 
 
-def deep_supervision_outputs(stages: int, wanted: int = 3) -> int:
-    """How many outputs deep supervision has: nnU-Net supervises every decoder level but the two
-    coarsest; MONAI's DynUNet allows at most ``stages - 2`` extra heads."""
+def deep_supervision_outputs(stages: int, wanted: int = 4) -> int:
+    """How many outputs deep supervision has: ``wanted`` (the engine's 4: full resolution and the next
+    three, weighted 1, ½, ¼, ⅛), at most one per decoder level (MONAI's DynUNet: ``stages - 1``)."""
     return max(1, min(wanted, stages - 1))
 
 

@@ -54,6 +54,7 @@ from nnunet_baseline import (  # noqa: E402,F401  (re-exported: the tests and ol
     NNUNET_FEATURES,
     NNUNET_SGD,
     DeepSupervisionList,
+    deep_supervision_outputs,
     dynunet,
     hardware,
     nnunet_loss,
@@ -90,7 +91,7 @@ def build_network(method: str, spec) -> tuple[nn.Module, dict[str, Any]]:
     """The network of ``method`` on the shared topology/widths of ``spec`` (an engine NetworkSpec)."""
     from engine.models.nn_mtnet import SegmentationNet
 
-    outputs = max(1, min(spec.deep_supervision, len(spec.features) - 1))  # full resolution + coarser ones
+    outputs = deep_supervision_outputs(len(spec.features), spec.deep_supervision)  # full resolution + coarser
     if method == "ours":
         net: nn.Module = SegmentationNet(spec)
         desc = {"network": "engine.models.nn_mtnet.SegmentationNet (residual, nn-MTNet segmentation branch)"}

@@ -148,3 +148,17 @@ def test_time_limit_starts_no_training_that_would_overrun(phantoms, tmp_path):
     (out / "work" / "hcf").mkdir(parents=True)  # as a killed training leaves it
     with pytest.raises(SystemExit, match="--resume"):
         gtvc.main(args)
+
+
+def test_dynunet3d_plans_on_training_cases_and_scores_every_validation_scan(phantoms, tmp_path):
+    data, split = phantoms
+    out = tmp_path / "run3d"
+    assert gtvc.main(["--data", str(data), "--split", str(split), "--out", str(out), "--methods", "dynunet3d",
+                      "--budget-min", "0.08", "--dynunet3d-features", "4", "8", "--batch-size-3d", "1",
+                      "--patch-3d", "16", "32", "32", "--device", "cpu"]) == 0
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    trained = result["training"]["dynunet3d"]
+    assert trained["patch_size"] == [16, 32, 32] and trained["features"][:2] == [4, 8] and trained["steps"] >= 1
+    assert trained["deep_supervision_outputs"] == len(trained["strides"]) - 1  # one per decoder level, at most 4
+    assert set(result["per_case"]["dynunet3d"]) == {"gtv_004", "gtv_005"}
+    assert result["summary"]["dynunet3d"]["wilcoxon_p_vs_hcf"] is None  # no HCF in this run: no test
