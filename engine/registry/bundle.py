@@ -47,7 +47,7 @@ from engine.registry.manifest import (
     sha256_file,
     weights_file_name,
 )
-from engine.utils.atomic import check_target, replace_dir
+from engine.utils.atomic import apply_umask, check_target, replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -213,7 +213,10 @@ def _write_folder(tmp: Path, manifest: dict[str, Any], files: Mapping[str, str],
         (tmp / MODEL_CARD_NAME).write_text(model_card, encoding="utf-8")
         manifest[CARD_KEY] = file_record(tmp / MODEL_CARD_NAME)
     _write_manifest(tmp, manifest)
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; a shipped/shared model folder should be readable
+    # mkdtemp makes 0o700 and safetensors may write 0o600: a shared model folder follows the umask
+    for path in tmp.iterdir():
+        apply_umask(path, directory=False)
+    apply_umask(tmp, directory=True)
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

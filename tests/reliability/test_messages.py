@@ -39,3 +39,17 @@ def test_images_and_slicer_segmentations_honour_the_umask(tmp_path, umask_027):
     write_segmentation_nrrd(labels, tmp_path / "labels.seg.nrrd", [SegmentInfo("GTV", 1, (1.0, 0.0, 0.0))])
     for name in ("labels.nii.gz", "labels.seg.nrrd"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_a_saved_model_bundle_honours_the_umask(tmp_path, umask_027):
+    import torch
+
+    from engine.registry import DEMO_INTENDED_USE, save_bundle
+
+    out = tmp_path / "model"
+    save_bundle(out, id="m", name="m", version="1.0.0", task="esophagus", architecture={"name": "x"}, plan={},
+                labels=[{"name": "EC", "value": 1, "color": [255, 0, 0]}], stages=None, modality="CT", training={}, metrics={}, intended_use=DEMO_INTENDED_USE,
+                weights={"net": {"w": torch.zeros(2)}}, model_card="# m\n")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {
+        "net.safetensors": 0o640, "MODEL_CARD.md": 0o640, "model.json": 0o640}
