@@ -88,7 +88,7 @@ DEMO_CASE_SEED = 31337
 
 
 def run_staging_demo(out: Path, seed: int = DEMO_CASE_SEED, device: str = "auto") -> int:
-    from engine.cli import format_staging_result
+    from engine.commands import format_staging_result
     from engine.io.image import write_image
     from engine.pipelines.case import load_model
     from engine.synth import generate_case
