@@ -310,3 +310,14 @@ TASK = ToyTask(
     phantom=__name__,
     summary="the plug-in example of the test suite",
 )
+
+
+def make_trained_toy(root: Path) -> dict[str, Path]:
+    """Two toy phantoms and a toy model trained on them for one epoch through the CLI, under ``root``;
+    the task must be registered. Shared by the tests that need a real run of a plug-in task."""
+    from engine.cli import main
+
+    assert main(["synth", "--task", NAME, "--cases", "2", "--seed", "3", "--out", str(root / "data")]) == 0
+    assert main(["train", "--task", NAME, "--data", str(root / "data"), "--out", str(root / "model"),
+                 "--epochs", "1", "--seed", "0"]) == 0
+    return {"root": root, "model": root / "model", "image": sorted((root / "data" / "imagesTr").iterdir())[0]}

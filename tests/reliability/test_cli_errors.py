@@ -26,12 +26,7 @@ def toy(tmp_path_factory):
     import toy_task
 
     register_task(toy_task.TASK)
-    root = tmp_path_factory.mktemp("toy")
-    assert main(["synth", "--task", "toy", "--cases", "2", "--seed", "3", "--out", str(root / "data")]) == 0
-    assert main(["train", "--task", "toy", "--data", str(root / "data"), "--out", str(root / "model"),
-                 "--epochs", "1", "--seed", "0"]) == 0
-    image = sorted((root / "data" / "imagesTr").iterdir())[0]
-    yield {"root": root, "model": root / "model", "image": image, "module": toy_task}
+    yield {**toy_task.make_trained_toy(tmp_path_factory.mktemp("toy")), "module": toy_task}
     unregister_task("toy")
 
 
