@@ -120,9 +120,13 @@ class SliceView:
         self.renderer.AddViewProp(self.actor)
         self.size = size
 
-    def render(self, offset_ras: float | None = None) -> np.ndarray:
+    def render(self, offset_ras: float | None = None, zoom: float = 1.0) -> np.ndarray:
+        """The slice at ``offset_ras`` (S for axial), fitted to the background volume and magnified ``zoom`` times."""
         self.logic.ResizeSliceNode(*self.size)
         self.logic.FitSliceToBackground()
+        if zoom != 1.0:
+            fov = self.slice_node.GetFieldOfView()
+            self.slice_node.SetFieldOfView(fov[0] / zoom, fov[1] / zoom, fov[2])
         if offset_ras is not None:
             self.logic.SetSliceOffset(offset_ras)
         self.mapper.SetInputConnection(self.logic.GetImageDataConnection())
@@ -156,13 +160,21 @@ def warm_fraction(rgb: np.ndarray, margin: int = 50) -> float:
     return float(np.mean(r - b > margin))
 
 
-def slice_offset_through(volume, label_array: np.ndarray, value: int) -> float:
-    """The axial RAS offset (S) through the centre of ``value`` in a label array of ``volume``'s grid."""
-    return axial_offset(volume, float(np.argwhere(label_array == value)[:, 0].mean()))
+def peak_slice(volume) -> int:
+    """The K index (of the volume node as Slicer holds it, which need not be the file's slice order) of
+    the axial slice holding ``volume``'s highest value."""
+    values = slicer.util.arrayFromVolume(volume)
+    return int(np.argmax(values.reshape(values.shape[0], -1).max(axis=1)))
+
+
+def largest_area_slice(volume) -> int:
+    """The K index of the axial slice where the non-zero part of ``volume`` (a label map) is largest."""
+    values = slicer.util.arrayFromVolume(volume)
+    return int(np.argmax((values.reshape(values.shape[0], -1) > 0).sum(axis=1)))
 
 
 def axial_offset(volume, k: float) -> float:
-    """The axial RAS offset (S) of slice ``k`` (array index, i.e. the volume's K axis)."""
+    """The axial RAS offset (S) of slice ``k`` of ``volume``'s K axis (``slicer.util.arrayFromVolume`` order)."""
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
     return float(m.MultiplyPoint((0.0, 0.0, k, 1.0))[2])
@@ -182,7 +194,6 @@ def make_screenshots(out_dir=None) -> list:
     sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
     from conftest import HeadlessSlicer
 
-    import SimpleITK as sitk
 
     from engine.pipelines.outputs import segments_from_labels
     from engine.demo import DEMO_CASE_SEED
@@ -212,9 +223,7 @@ def make_screenshots(out_dir=None) -> list:
         nodes.segmentation.GetDisplayNode().SetSegmentOpacity3D(pericardium, 0.35)
         written = [out_dir / "EsophagusStaging-3D.png", out_dir / "EsophagusStaging-GradCAM.png"]
         save_png(three_d.render("Left"), written[0])
-        cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
-        peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
-        save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
+        save_png(axial.render(axial_offset(ct, peak_slice(nodes.gradcam))), written[1])
         print(f"model {bundle.id} {bundle.version}; phantom seed {DEMO_CASE_SEED} (reference {case.targets.t_stage}); "
               f"predicted {result.predicted_stage}; wrote " + ", ".join(str(p) for p in written))
         return written
@@ -224,7 +233,7 @@ def make_screenshots(out_dir=None) -> list:
 
 def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
     """GTVSeg: Segment ``ct_path`` (default: a gtv phantom) with the installed ``gtv`` model, import the
-    run through the module's glue and render the GTV in 3D and an axial slice through the Grad-CAM peak.
+    run through the module's glue and render the GTV in 3D and the axial slice where the GTV is largest, with the Grad-CAM.
     Returns [] (and makes nothing) when no gtv model is installed."""
     import shutil
     import sys
@@ -235,8 +244,6 @@ def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
     repo = here.parents[1]
     sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
     from conftest import HeadlessSlicer
-
-    import SimpleITK as sitk
 
     from engine.errors import EngineError
     from engine.io.image import write_image
@@ -268,9 +275,8 @@ def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
                                            with_stages=False)
         written = [out_dir / "GTVSeg-3D.png", out_dir / "GTVSeg-GradCAM.png"]
         save_png(three_d.render("Anterior"), written[0])
-        cam = sitk.GetArrayFromImage(sitk.ReadImage(str(run / results.GRADCAM_FILE)))
-        peak_slice = int(np.argmax(cam.reshape(cam.shape[0], -1).max(axis=1)))
-        save_png(axial.render(axial_offset(ct, peak_slice)), written[1])
+        labels = headless.load_volume(run / "segmentation.nii.gz", "GTV labels", labelmap=True)  # the same K order as ``ct``
+        save_png(axial.render(axial_offset(ct, largest_area_slice(labels)), zoom=1.8), written[1])
         kept = len(nodes.report.get("slices_kept") or [])
         print(f"model {bundle.id} {bundle.version}; {kept} of {len(nodes.report.get('slice_probabilities') or [])} "
               f"slices segmented; wrote " + ", ".join(str(p) for p in written))

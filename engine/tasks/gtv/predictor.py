@@ -138,8 +138,12 @@ class GtvPredictor:
             out[chunk] = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
         return out
 
-    def gradcam(self, x: np.ndarray, kept: np.ndarray) -> np.ndarray | None:
-        """The slice classifier's Grad-CAM (class "GTV present") on each kept slice; 0 elsewhere."""
+    def gradcam(self, x: np.ndarray, kept: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """The slice classifier's Grad-CAM (class "GTV present") on each kept slice, 0 elsewhere.
+
+        Each slice's map (normalised to its own peak) is scaled by the slice's GTV probability, so a
+        doubtful slice does not glow as brightly as a certain one, and kept to the body: the coarse
+        deepest feature map spreads activation into the air around the patient, where no evidence is."""
         net = self.classifier if self.classifier is not None else self.resformer
         if net is None:
             return None
@@ -150,8 +154,10 @@ class GtvPredictor:
             return None
         forward = (lambda t: net(t)) if net is self.classifier else (lambda t: split_outputs(net(t))[1])
         cams = np.zeros(x.shape, dtype=np.float32)
+        body_floor = self.pre.normalise(np.float32(self.plan.body_threshold_hu))
         for chunk, t in self._batches(x, kept):
-            cams[chunk] = batched_grad_cam(layer, t, forward)
+            cam = batched_grad_cam(layer, t, forward) * probs[chunk, None, None]
+            cams[chunk] = np.where(x[chunk] > body_floor, cam, 0.0)
         return cams
 
     def reference_slices(self, image: Image, reference: np.ndarray) -> np.ndarray:
@@ -177,7 +183,7 @@ class GtvPredictor:
         cams = None
         if gradcam:
             with timer.step("gradcam"):
-                cams = self.gradcam(x, kept)
+                cams = self.gradcam(x, kept, probs)
         with timer.step("restore"):
             fg = self.pre.restore_probabilities(seg, record)
             labels = (fg >= 0.5).astype(np.uint8)
