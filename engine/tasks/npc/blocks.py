@@ -68,12 +68,14 @@ class RelativeSelfAttention3d(nn.Module):
 
 class BottleneckAttention(nn.Module):
     """What replaces the 3×3×3 convolution of a ResNet-50 bottleneck block in the Bottleneck Transformer:
-    relative-position self-attention, then 2× average pooling where the convolution had stride 2."""
+    relative-position self-attention, then 2× average pooling where the convolution had stride 2 (sizes
+    rounded up, as the strided shortcut's; an axis already 1 voxel wide stays so)."""
 
     def __init__(self, channels: int, heads: int, size: Sequence[int], stride: int):
         super().__init__()
         self.attention = RelativeSelfAttention3d(channels, heads, size)
-        self.pool = nn.AvgPool3d(2, 2, ceil_mode=True) if stride > 1 else nn.Identity()
+        kernel = tuple(2 if n > 1 else 1 for n in size)
+        self.pool = nn.AvgPool3d(kernel, kernel, ceil_mode=True) if stride > 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.attention(x))

@@ -145,8 +145,10 @@ class NpcNetwork(nn.Module):
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The last 3D feature map before pooling: what Grad-CAM of the stage explains."""
-        return self.fusion if self.fusion is not None else self.stage.layer4
+        """What Grad-CAM of the stage explains: the staging branch's third stage, the finest feature map
+        every path to the stage passes (the last stage is 1 × 7 × 7 voxels for the paper's crop, too
+        coarse to point at a structure)."""
+        return self.stage.layer3
 
     def stage_features(self, x: torch.Tensor) -> torch.Tensor:
         r = self.stage

@@ -64,6 +64,7 @@ def test_bottleneck_attention_pools_where_the_convolution_had_stride_two():
     block = BottleneckAttention(8, 4, (3, 7, 7), stride=2)
     assert block(torch.randn(1, 8, 3, 7, 7)).shape == (1, 8, 2, 4, 4)  # ceil, as the strided shortcut
     assert BottleneckAttention(8, 4, (2, 4, 4), stride=1)(torch.randn(1, 8, 2, 4, 4)).shape == (1, 8, 2, 4, 4)
+    assert BottleneckAttention(8, 4, (1, 2, 2), stride=2)(torch.randn(1, 8, 1, 2, 2)).shape == (1, 8, 1, 1, 1)
 
 
 def test_feature_fusion_joins_segmentation_features_on_the_staging_grid():
