@@ -26,6 +26,8 @@ RESNET50_LAYERS = (3, 4, 6, 3)
 GROUP_NORM = ("group", {"num_groups": 8})
 #: z/in-plane spacing ratio from which the stem keeps the slice axis (thick slices): kernel 3, stride 1.
 THICK_SLICE_RATIO = 2.0
+#: The GTV probability the segmentation head starts at (the tumour is about 1 % of the head crop).
+TUMOUR_PRIOR = 0.01
 
 
 @dataclass
@@ -94,6 +96,9 @@ class UNet3d(nn.Module):
         self.decoder = nn.ModuleList(
             UnetUpBlock(3, w[i + 1], w[i], k[i], 1, s[i + 1], "instance") for i in reversed(range(len(w) - 1)))
         self.head = UnetOutBlock(3, w[0], 1)
+        # focal-loss prior initialisation (Lin et al.): start at p = 0.01, not 0.5, so the many background
+        # voxels do not swamp the Jaccard term's gradient on the small tumour at the start of training
+        nn.init.constant_(self.head.conv.conv.bias, -math.log((1.0 - TUMOUR_PRIOR) / TUMOUR_PRIOR))
         self.deep_channels = (w[-1], w[-2])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -162,7 +167,11 @@ class NpcNetwork(nn.Module):
             raise ValueError(f"input {tuple(size)} is larger than the network's patch {self.config.patch_size}")
         x = nn.functional.pad(image, [a for p in reversed(pad) for a in (0, p)])
         seg_logits, deep = self.segmentation(x)
-        stage_input = torch.sigmoid(seg_logits) * x if self.config.gating else x
+        # the probability map gates the stage input as a mask without a gradient: through the gate the
+        # classification loss drives the small-tumour map and the segmentation stops learning (measured on
+        # two phantoms: no fall of the Jaccard + focal loss in 30 steps); the tasks still share gradients
+        # through the fusion module
+        stage_input = torch.sigmoid(seg_logits).detach() * x if self.config.gating else x
         features = self.stage_features(stage_input)
         if self.fusion is not None:
             features = self.fusion(features, deep)
