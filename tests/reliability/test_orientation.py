@@ -80,11 +80,21 @@ def _tiny_gtv(root) -> Any:
     return get_task("gtv").train(root / "data", root / "model", options=options)
 
 
+def _tiny_npc(root) -> Any:
+    """A tiny NPC model (one step of the narrow network on a coarse grid)."""
+    from engine.tasks.npc.options import NpcTrainOptions
+
+    generate_dataset("npc", root / "data", cases=4, seed=3)
+    options = NpcTrainOptions(epochs=1, steps_per_epoch=1, batch_size=2, unet_width=8, unet_max_width=16,
+                              stage_width=8, device="cpu", fold=None)
+    return get_task("npc").train(root / "data", root / "model", options=options, spacing=(6.0, 3.28, 3.28))
+
+
 #: How to get a fast trained model of each task that has a predictor; a new task must add one here.
-TINY_MODELS: dict[str, Callable[[Any], Any]] = {"esophagus": _tiny_esophagus, "gtv": _tiny_gtv}
+TINY_MODELS: dict[str, Callable[[Any], Any]] = {"esophagus": _tiny_esophagus, "gtv": _tiny_gtv, "npc": _tiny_npc}
 #: What each task's predictor needs to run fast and deterministically.
 PREDICT_OPTIONS: dict[str, dict[str, Any]] = {"esophagus": {"tta": "none", "gradcam": True},
-                                              "gtv": {"gradcam": True}}
+                                              "gtv": {"gradcam": True}, "npc": {"gradcam": True}}
 
 
 def test_every_task_with_a_predictor_is_covered():
