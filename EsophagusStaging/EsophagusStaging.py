@@ -36,7 +36,9 @@ class EsophagusStaging(ScriptedLoadableModule):
             "Segments esophageal cancer, aorta, esophagus, lymph nodes and pericardium on a thoracic CT, "
             "predicts the T-stage (T1-T4) with probabilities and shows a Grad-CAM heat map of what the "
             "staging network looked at. Pick a CT, a model and click <b>Segment &amp; Stage</b>. "
-            "The training panel trains a model on your own data (nnU-Net raw dataset layout + stages.csv)."
+            "The training panel trains a model on your own data (nnU-Net raw dataset layout + stages.csv). "
+            "The <b>Treatment outcome (PET)</b> panel segments the tumour on an FDG PET and predicts the "
+            "pathology and the treatment outcome with SUVmax/SUVmean/SUVpeak, MTV and TLG."
             "<p><b>For research use only. Not for clinical diagnosis or treatment decisions.</b> "
             "The demo model is trained on synthetic phantoms.</p>"
             f"<p>Method: <i>{PAPER}</i>.</p>")
@@ -47,6 +49,18 @@ class EsophagusStaging(ScriptedLoadableModule):
 class EsophagusStagingWidget(TaskWidget):
     TASK = TASK
     UI_FILE = "UI/EsophagusStaging.ui"
+
+    def setup(self):
+        """The CT staging panel, then the optional treatment-outcome (PET) panel below it."""
+        TaskWidget.setup(self)
+        from OncoStagingCommon.pet_panel import PetOutcomePanel
+
+        self.petPanel = PetOutcomePanel(self.layout)
+
+    def cleanup(self):
+        if getattr(self, "petPanel", None) is not None:
+            self.petPanel.cleanup()
+        TaskWidget.cleanup(self)
 
 
 class EsophagusStagingTest(ScriptedLoadableModuleTest):

@@ -82,7 +82,10 @@ def panel_of(headless, monkeypatch):
     wrapper.parameterNodeWrapper, wrapper.WithinRange = parameter_node_wrapper, lambda low, high: None
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
     monkeypatch.setitem(sys.modules, "qt", mock.MagicMock(name="qt"))
-    for name in ("OncoStagingCommon.widget", "EsophagusStaging", "GTVSeg"):
+    monkeypatch.setitem(sys.modules, "ctk", mock.MagicMock(name="ctk"))
+    for qt_class in ("qMRMLNodeComboBox", "qMRMLTableView"):  # Qt widgets slicer-core does not have
+        monkeypatch.setattr(slicer, qt_class, mock.MagicMock(name=qt_class), raising=False)
+    for name in ("OncoStagingCommon.widget", "OncoStagingCommon.pet_panel", "EsophagusStaging", "GTVSeg"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     errors: list[str] = []
     for name, value in (("loadUI", lambda path: mock.MagicMock(name=path)), ("errorDisplay", errors.append),
