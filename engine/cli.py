@@ -206,6 +206,7 @@ def _add_inference_commands(sub, tasks: Sequence[str]) -> None:
     s.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     s.add_argument("--progress", choices=("log", "json"), default="log")
     s.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --out")
+    s.add_argument("--profile", action="store_true", help="print each step's time and the peak memory")
     s.set_defaults(func=cmd_run)
 
     s = _command(sub, "evaluate", "evaluate", help="evaluate a model on a labelled dataset: metrics.json/.md, ROC, Bland-Altman")
@@ -239,6 +240,13 @@ def _add_models_command(sub, tasks: Sequence[str]) -> None:
     m.add_argument("path", help="bundle folder")
     m.add_argument("--force", action="store_true", help="also re-seal a bundle whose model.json or model card "
                    "was edited on purpose")
+    m = msub.add_parser("profile", help="record in a bundle what its training data looked like (the domain "
+                        "each run is checked against), from that dataset")
+    m.add_argument("path", help="bundle folder")
+    m.add_argument("--data", required=True, help="raw dataset (nnU-Net layout) holding the training cases")
+    m.add_argument("--all-cases", action="store_true", help="profile every case of --data, not only the ones "
+                   "model.json lists as training cases")
+    m.add_argument("--source", default="", help="where the cases came from, in words (kept in model.json)")
     s.set_defaults(func=cmd_models)
 
 

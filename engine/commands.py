@@ -168,6 +168,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"Sealed: {bundle.id} {bundle.version} ({bundle.task}); model.json and MODEL_CARD.md checksums "
               "recorded, weights sha256 verified")
         return 0
+    if args.models_command == "profile":
+        from engine.domain.profile import training_cases_profile
+
+        profile = training_cases_profile(registry.load_bundle(args.path), args.data, args.all_cases)
+        if args.source:
+            profile.source = args.source
+        bundle = registry.record_training_domain(args.path, profile.to_dict())
+        print(f"Recorded the training-data profile of {profile.cases} case(s) in {bundle.id} {bundle.version}; "
+              "model.json re-sealed")
+        return 0
     raise AssertionError(args.models_command)
 
 
@@ -320,6 +330,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite, progress=_step_progress(args.progress),
                           series_uid=args.series_uid, **options)
     print(format_staging_result(result.report, result.out_dir, result.files))
+    if getattr(args, "profile", False):
+        from engine.utils.profiling import format_profile
+
+        print(format_profile(result.report))
     return 0
 
 

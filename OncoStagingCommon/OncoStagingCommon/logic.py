@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 #: What the engine's ``run`` progress steps are called in the status line; unknown steps are spelled out.
 STEP_TEXT = {"preprocess": "Preprocessing", "segmentation": "Segmenting",
              "segmentation_lowres": "Segmenting (low resolution)",
+             "preprocess_fullres": "Preprocessing the region found",
              "segmentation_fullres": "Segmenting (full resolution)", "postprocess": "Cleaning up the segmentation",
              "krt": "Cropping the tumour region", "classification": "Staging", "gradcam": "Computing Grad-CAM",
              "restore": "Restoring the original geometry"}
@@ -98,6 +99,18 @@ class RunOutcome:
     def predicted_stage(self) -> str | None:
         """None for a task without stages."""
         return self.report.get("predicted_stage")
+
+    @property
+    def stage_reliable(self) -> bool:
+        """False when the engine found the scan or the result outside the model's training data."""
+        return self.report.get("stage_reliable") is not False
+
+    @property
+    def stage_text(self) -> str:
+        """The stage as the panel shows it: marked when it should not be believed."""
+        if self.predicted_stage is None:
+            return "–"
+        return self.predicted_stage if self.stage_reliable else f"{self.predicted_stage} (unreliable)"
 
     @property
     def stage_probabilities(self) -> dict[str, float]:

@@ -367,7 +367,9 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.probabilityTableView.setMRMLTableNode(None)
             self.ui.volumeTableView.setMRMLTableNode(None)
             return
-        self.ui.stageLabel.text = outcome.predicted_stage or "–"
+        self.ui.stageLabel.text = outcome.stage_text
+        self.ui.stageLabel.setStyleSheet("font-size: 28pt; font-weight: bold;"
+                                         + ("" if outcome.stage_reliable else " color: #c0392b;"))
         self.ui.probabilityTableView.setMRMLTableNode(table)
         self.ui.volumeTableView.setMRMLTableNode(outcome.nodes.volume_table)
         warnings = outcome.warnings + [f"Model: {outcome.report.get('model', {}).get('intended_use', '')}"]

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
+from engine.domain.check import apply_domain_check
 from engine.errors import Cancelled, EngineError
 from engine.io.image import Image
 from engine.pipelines import outputs
+from engine.utils.profiling import peak_memory_mb
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.registry import ModelBundle
@@ -43,6 +45,10 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    #: the check against the model's training data (:mod:`engine.domain`); None: not checked
+    domain: dict[str, Any] | None = None
+    #: False when the stage should not be believed (outside the training domain); None: not judged
+    stage_reliable: bool | None = None
 
     def report_fields(self) -> dict[str, Any]:
         """This prediction's part of ``report.json``."""
@@ -50,8 +56,12 @@ class Prediction:
         if self.stage_probabilities is not None:
             out["stage_probabilities"] = self.stage_probabilities
             out["predicted_stage"] = self.predicted_stage
+            if self.stage_reliable is not None:
+                out["stage_reliable"] = self.stage_reliable
         out.update({"volumes_cm3": {k: round(v, 4) for k, v in self.volumes_cm3.items()},
                     "warnings": self.warnings, "timings_s": self.timings_s, "device": self.device})
+        if self.domain is not None:
+            out["domain"] = self.domain
         return out
 
 
@@ -180,16 +190,23 @@ def _segment_locked(task: "Task", source: str | Path | Image, out: Path, load_pr
                     check_input: Callable[[Image], None] | None, report: ReportBuilder | None,
                     **predict_options: Any) -> RunResult:
     """:func:`segment_case` once the output folder is locked."""
+    t_read = time.perf_counter()
     image, name = read_input(source, series_uid, task.modality)
     if check_input is not None:
         check_input(image)
+    t_load = time.perf_counter()
     predictor = load_predictor()
+    t_predict = time.perf_counter()
     prediction = predictor.predict(image, gradcam=gradcam, progress=progress, cancel=cancel,
                                    **predict_options)
+    prediction.timings_s = {"read": round(t_load - t_read, 3), "load_model": round(t_predict - t_load, 3),
+                            **prediction.timings_s}
     if task.field_of_view is not None:  # any scan runs; one that cannot hold the anatomy is flagged
         prediction.warnings += task.field_of_view.warnings(task.name, image.shape, image.spacing,
                                                            image.direction)
     bundle = predictor.bundle
+    with _timed(prediction, "domain_check"):
+        apply_domain_check(task, bundle, image, prediction)
     content = (report(prediction, bundle, image, name) if report is not None
                else build_report(task.name, prediction, bundle, image, name))
     writers = _result_writers(task, image, prediction, bundle, name)
@@ -200,6 +217,7 @@ def _segment_locked(task: "Task", source: str | Path | Image, out: Path, load_pr
     def write_report(path: Path) -> None:  # after the others, so their write time is included
         content["timings_s"] = {**content["timings_s"], "write": round(time.perf_counter() - t_write, 3),
                                 "total": round(time.perf_counter() - t0, 3)}
+        content["memory"] = peak_memory_mb()
         outputs.write_json(path, content)
 
     files = outputs.write_all(out, writers, last={outputs.REPORT_FILE: write_report})
@@ -207,6 +225,20 @@ def _segment_locked(task: "Task", source: str | Path | Image, out: Path, load_pr
         (out / outputs.GRADCAM_FILE).unlink()  # a stale heat map must not pass for this run's
     log.info("Segment & Stage: %s → %s (%s)", name, prediction.predicted_stage, out)
     return RunResult(out, files, content, prediction)
+
+
+class _timed:
+    """Adds the time a step outside the predictor takes to the prediction's timings."""
+
+    def __init__(self, prediction: Prediction, name: str):
+        self.prediction, self.name, self.start = prediction, name, 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.prediction.timings_s[self.name] = round(time.perf_counter() - self.start, 3)
+        return False
 
 
 def _result_writers(task: "Task", image: Image, prediction: Prediction, bundle: "ModelBundle",
@@ -226,6 +258,8 @@ def _result_writers(task: "Task", image: Image, prediction: Prediction, bundle: 
         writers[outputs.GRADCAM_FILE] = lambda p: write_image(cam, p)
     focus = dict(bundle.plan.get("labels") or {}).get(task.tumour_label) if task.tumour_label else None
     found = f" — predicted {prediction.predicted_stage}" if prediction.predicted_stage is not None else ""
+    if found and prediction.stage_reliable is False:
+        found += " (UNRELIABLE: outside the model's training data)"
     title = f"{Path(name).name}{found} ({bundle.id} {bundle.version})"
     writers[outputs.OVERVIEW_FILE] = lambda p: render_overview(
         image, labels, cam.array if cam is not None else None, segments, prediction.stage_probabilities, p,

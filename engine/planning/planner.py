@@ -106,6 +106,9 @@ class Plan:
     stage_counts: dict[str, int] | None = None
     stage_loss_weights: list[float] | None = None
     fingerprint: dict | None = None
+    #: a cascade's full-resolution region: the low-resolution foreground box grown by this (z, y, x mm);
+    #: None in plans written before it existed (:func:`roi_margin_mm` then derives it)
+    roi_margin_mm: list[float] | None = None
     #: every input is reordered to this orientation before preprocessing, and outputs back
     orientation: str = CANONICAL_ORIENTATION
     format_version: int = PLAN_FORMAT_VERSION
@@ -342,6 +345,9 @@ def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None
     weights = None
     if fp.stage_names and fp.stage_counts:
         weights = stage_loss_weights(fp.stage_counts, fp.stage_names)
+    margin = None
+    if "3d_lowres" in configs:
+        margin = cascade_roi_margin(configs["3d_fullres"], configs["3d_lowres"], krt, fp.tumour_extents_mm)
     return Plan(
         task=task,
         dataset_name=fp.dataset_name,
@@ -355,7 +361,38 @@ def make_plan(fp: Fingerprint, task: str, spacing: Sequence[float] | None = None
         stage_counts=fp.stage_counts or None,
         stage_loss_weights=weights,
         fingerprint=fp.to_dict(),
+        roi_margin_mm=margin,
     )
+
+
+def roi_margin_mm(plan: Plan) -> list[float]:
+    """How far (z, y, x mm) a cascade's full-resolution region reaches beyond the low-resolution
+    foreground: the plan's own value, else derived from its training data as :func:`make_plan` does."""
+    if plan.roi_margin_mm is not None:
+        return list(plan.roi_margin_mm)
+    full, low = plan.configuration("3d_fullres"), plan.configurations.get("3d_lowres")
+    extents = None
+    if plan.fingerprint and plan.fingerprint.get("cases"):
+        boxes = [c["tumour_bbox_mm"] for c in plan.fingerprint["cases"] if c.get("tumour_bbox_mm")]
+        extents = np.array(boxes, dtype=np.float64) if boxes else None
+    return cascade_roi_margin(full, low, plan.krt_box_size, extents)
+
+
+def cascade_roi_margin(full: Configuration, low: Configuration | None, krt_box: Sequence[int] | None,
+                       tumour_extents_mm: np.ndarray | None) -> list[float]:
+    """The margin that makes a region-restricted full-resolution stage see what the whole volume
+    would: half the KRT box (the staging crop around a tumour at the foreground's edge stays inside),
+    half the largest training tumour (a tumour the coarse stage caught only part of is still
+    covered), and one low-resolution voxel for the coarse stage's boundary error."""
+    margin = np.zeros(3)
+    if krt_box is not None:
+        margin = np.maximum(margin, np.asarray(krt_box, dtype=np.float64) / 2 * np.asarray(full.spacing))
+    if tumour_extents_mm is not None and len(tumour_extents_mm):
+        margin = np.maximum(margin, np.asarray(tumour_extents_mm).max(axis=0) / 2)
+    if not margin.any():  # no tumour statistics: half a full-resolution patch of context
+        margin = np.asarray(full.patch_size, dtype=np.float64) / 2 * np.asarray(full.spacing)
+    coarse = np.asarray(low.spacing if low is not None else full.spacing, dtype=np.float64)
+    return [float(round(m, 3)) for m in margin + coarse]
 
 
 def transfer_plan(source: Plan, fp: Fingerprint) -> Plan:
@@ -377,4 +414,4 @@ def transfer_plan(source: Plan, fp: Fingerprint) -> Plan:
         configurations=source.configurations, normalization=normalization_for(fp.modality, fp.foreground_intensity),
         tumour_label=source.tumour_label, krt_box_size=source.krt_box_size, stage_names=source.stage_names,
         stage_counts=fp.stage_counts or source.stage_counts, stage_loss_weights=weights,
-        fingerprint=fp.to_dict(), orientation=source.orientation)
+        fingerprint=fp.to_dict(), orientation=source.orientation, roi_margin_mm=source.roi_margin_mm)

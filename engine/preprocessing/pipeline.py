@@ -23,7 +23,7 @@ from engine.planning.planner import Configuration, Plan
 from engine.preprocessing import crop as cropping
 from engine.preprocessing.normalize import normalize
 from engine.preprocessing.orientation import Reorientation, reorientation
-from engine.preprocessing.resample import (is_on_grid, resample_to_grid, resampled_shape,
+from engine.preprocessing.resample import (grid_origin, is_on_grid, resample_to_grid, resampled_shape,
                                           spline_coefficients)
 
 
@@ -45,6 +45,9 @@ class PreprocessRecord:
     resampled_shape: list[int]
     pads: list[list[int]]
     reorientation: Reorientation | None = None
+    #: the sub-box [[z0, z1), [y0, y1), [x0, x1)] of the resampled grid the arrays cover (a cascade's
+    #: region of interest); None: all of it
+    roi: list[list[int]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +55,33 @@ class PreprocessRecord:
     @property
     def cropped_shape(self) -> list[int]:
         return [b - a for a, b in self.crop_box]
+
+    @property
+    def grid_shape(self) -> list[int]:
+        """Shape of the arrays before padding: the resampled crop, or its region of interest."""
+        return self.resampled_shape if self.roi is None else [b - a for a, b in self.roi]
+
+    def grid_origin(self) -> tuple[float, float, float]:
+        """Physical position of the first (unpadded) voxel of the arrays."""
+        origin = self.cropped_origin()
+        if self.roi is None:
+            return origin
+        start_xyz = np.array([a for a, _ in self.roi], dtype=np.float64)[::-1]
+        direction = np.asarray(self.direction).reshape(3, 3)
+        offset = direction @ (start_xyz * np.asarray(self.target_spacing)[::-1])
+        return tuple(float(v) for v in np.asarray(origin) + offset)  # type: ignore[return-value]
+
+    def restored_box(self) -> list[list[int]]:
+        """The box of the input's (canonical) voxels a restored prediction covers: the crop box, or
+        the voxels whose nearest resampled voxel lies in the region of interest."""
+        if self.roi is None:
+            return [list(b) for b in self.crop_box]
+        box = []
+        for (c0, c1), (a, b), s, t in zip(self.crop_box, self.roi, self.original_spacing, self.target_spacing):
+            first = max(0, int(np.ceil((a - 0.5) * t / s - 1e-9)))
+            last = min(c1 - c0, int(np.ceil((b - 0.5) * t / s - 1e-9)))
+            box.append([c0 + first, c0 + max(first, last)])
+        return box
 
     def cropped_origin(self) -> tuple[float, float, float]:
         """Physical position of the first voxel of the crop box."""
@@ -62,7 +92,7 @@ class PreprocessRecord:
 
 
 @dataclass
-class _GridIndependentWork:
+class GridIndependentWork:
     """What preprocessing computes from the input alone — the foreground box and each channel's B-spline
     coefficients (by channel and crop box) — kept so that a second configuration of the same image
     does not repeat it."""
@@ -94,11 +124,19 @@ class Preprocessor:
         self.crop_to_foreground = crop_to_foreground
         self.pad_to_patch = pad_to_patch
 
-    def __call__(self, image: Image | list[Image], label: Image | None = None) -> PreprocessedCase:
-        return self._run(image, label, _GridIndependentWork())
+    def __call__(self, image: Image | list[Image], label: Image | None = None, *,
+                 shared: GridIndependentWork | None = None,
+                 roi: Sequence[Sequence[int]] | None = None) -> PreprocessedCase:
+        """``shared``: the work of an earlier configuration of the same image, reused; ``roi``: only this
+        sub-box (z, y, x, of the resampled crop) is resampled and returned, the rest is background."""
+        return self._run(image, label, shared if shared is not None else GridIndependentWork(), roi)
+
+    def resampled_shape(self, record: PreprocessRecord) -> list[int]:
+        """The shape this configuration resamples ``record``'s crop box to (what a region is a box of)."""
+        return resampled_shape(record.cropped_shape, record.original_spacing, self.config.spacing)
 
     def _run(self, image: Image | list[Image], label: Image | None,
-             shared: _GridIndependentWork) -> PreprocessedCase:
+             shared: GridIndependentWork, roi: Sequence[Sequence[int]] | None = None) -> PreprocessedCase:
         if self.config.dims != 3:
             raise ValueError("Preprocessor handles 3D configurations; 2D pipelines slice the volume "
                              "after 3D preprocessing at their in-plane spacing.")
@@ -113,15 +151,18 @@ class Preprocessor:
             box = shared.foreground_box
         target = list(self.config.spacing)
         new_shape = resampled_shape(cropping.crop(ref.array, box).shape, ref.spacing, target)
-        pads = cropping.pad_amounts(new_shape, self.config.patch_size if self.pad_to_patch else new_shape)
+        roi = _checked_roi(roi, new_shape)
+        grid = new_shape if roi is None else [b - a for a, b in roi]
+        pads = cropping.pad_amounts(grid, self.config.patch_size if self.pad_to_patch else grid)
         record = PreprocessRecord(list(ref.shape), list(ref.spacing), list(ref.origin),
                                   ref.direction.ravel().tolist(), box, target, new_shape, pads,
-                                  None if reoriented.is_identity else reoriented)
+                                  None if reoriented.is_identity else reoriented, roi)
         arrays = []
         for index, ch in enumerate(channels):
             cropped = self._cropped_image(ch, record)
-            resampled = self._resampled(cropped, new_shape, target,
-                                        shared.coefficients, (index, tuple(map(tuple, box)))).array
+            origin = None if roi is None else grid_origin(cropped, [a for a, _ in roi], target)
+            resampled = self._resampled(cropped, grid, target, shared.coefficients,
+                                        (index, tuple(map(tuple, box))), origin).array
             mask = resampled > cropping.CT_BODY_THRESHOLD_HU if self.plan.normalization.scheme == "ct" \
                 else resampled > resampled.min()
             normed = normalize(resampled, self.plan.normalization, mask)
@@ -129,11 +170,12 @@ class Preprocessor:
         lab = None
         if label is not None:
             cropped_label = self._cropped_image(label, record)
-            lab = resample_to_grid(cropped_label, new_shape, target, is_label=True).array
+            origin = None if roi is None else grid_origin(cropped_label, [a for a, _ in roi], target)
+            lab = resample_to_grid(cropped_label, grid, target, is_label=True, origin=origin).array
             lab = cropping.pad(lab.astype(np.uint8), pads, value=0)
         return PreprocessedCase(np.stack(arrays).astype(np.float32), lab, record)
 
-    def _canonical(self, image: Image | list[Image], label: Image | None, shared: _GridIndependentWork
+    def _canonical(self, image: Image | list[Image], label: Image | None, shared: GridIndependentWork
                    ) -> tuple[list[Image], Image | None, Reorientation]:
         """The channels and label with their voxels in the plan's orientation (an exact reordering,
         decided by the first channel's direction), computed once per image."""
@@ -146,12 +188,13 @@ class Preprocessor:
 
     @staticmethod
     def _resampled(cropped: Image, shape: list[int], spacing: list[float],
-                   coefficients: dict[tuple, sitk.Image], key: tuple) -> Image:
-        if is_on_grid(cropped, shape, spacing):  # a copy: no coefficients needed
+                   coefficients: dict[tuple, sitk.Image], key: tuple,
+                   origin: Sequence[float] | None = None) -> Image:
+        if origin is None and is_on_grid(cropped, shape, spacing):  # a copy: no coefficients needed
             return resample_to_grid(cropped, shape, spacing)
         if key not in coefficients:
             coefficients[key] = spline_coefficients(cropped)
-        return resample_to_grid(cropped, shape, spacing, coefficients=coefficients[key])
+        return resample_to_grid(cropped, shape, spacing, coefficients=coefficients[key], origin=origin)
 
     @staticmethod
     def _cropped_image(image: Image, record: PreprocessRecord) -> Image:
@@ -173,7 +216,7 @@ class Preprocessor:
         out = Preprocessor._restore(probs.astype(np.float32), record, is_label=False)
         if background_channel:
             inside = np.zeros(record.original_shape, dtype=bool)
-            inside[tuple(slice(a, b) for a, b in record.crop_box)] = True
+            inside[tuple(slice(a, b) for a, b in record.restored_box())] = True
             out[0][~inside] = 1.0
         return _to_input(out, record)
 
@@ -185,20 +228,23 @@ class Preprocessor:
     @staticmethod
     def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool) -> np.ndarray:
         """Undo padding, resampling and cropping: arrays on the canonical uncropped grid."""
-        if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.resampled_shape, record.pads)]:
+        if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.grid_shape, record.pads)]:
             raise ValueError(f"prediction shape {arrays.shape[1:]} does not match the preprocessed shape "
-                             f"{record.resampled_shape} + padding {record.pads}")
+                             f"{record.grid_shape} + padding {record.pads}")
         unpadded = cropping.unpad(arrays, record.pads)
         direction = np.asarray(record.direction).reshape(3, 3)
-        origin = record.cropped_origin()
+        box = record.restored_box()
+        start_xyz = np.array([a for a, _ in box], dtype=np.float64)[::-1]
+        target_origin = np.asarray(record.origin) + direction @ (start_xyz * np.asarray(record.original_spacing)[::-1])
         restored = []
         for channel in unpadded:
-            img = Image(np.ascontiguousarray(channel), record.target_spacing, origin, direction)
-            back = resample_to_grid(img, record.cropped_shape, record.original_spacing, is_label=is_label,
-                                    order=None if is_label else 1)
+            img = Image(np.ascontiguousarray(channel), record.target_spacing, record.grid_origin(), direction)
+            back = resample_to_grid(img, [b - a for a, b in box], record.original_spacing, is_label=is_label,
+                                    order=None if is_label else 1,
+                                    origin=None if record.roi is None else tuple(target_origin))
             restored.append(back.array)
         stacked = np.stack(restored).astype(arrays.dtype)
-        return cropping.uncrop(stacked, record.crop_box, record.original_shape, fill=0)
+        return cropping.uncrop(stacked, box, record.original_shape, fill=0)
 
     @staticmethod
     def to_image(array: np.ndarray, record: PreprocessRecord, modality: str | None = None) -> Image:
@@ -211,6 +257,16 @@ class Preprocessor:
                      np.asarray(record.direction).reshape(3, 3), modality)
 
 
+def _checked_roi(roi: Sequence[Sequence[int]] | None, shape: Sequence[int]) -> list[list[int]] | None:
+    """A region of interest as a list of [start, stop) within ``shape``; None when it is all of it."""
+    if roi is None:
+        return None
+    box = [[int(a), int(b)] for a, b in roi]
+    if len(box) != len(shape) or any(not 0 <= a < b <= n for (a, b), n in zip(box, shape)):
+        raise ValueError(f"region of interest {box} is not a non-empty box inside the grid {list(shape)}")
+    return None if all(a == 0 and b == n for (a, b), n in zip(box, shape)) else box
+
+
 def _to_input(array: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     """A canonical-grid array (last three axes) in the input's voxel order."""
     return array if record.reorientation is None else record.reorientation.to_input(array)
@@ -221,5 +277,5 @@ def preprocess_configurations(preprocessors: Sequence[Preprocessor], image: Imag
     """One image through several preprocessors (a cascade's resolutions), computing each channel's
     foreground box and B-spline coefficients once: the same arrays as calling each preprocessor, in
     about half the time."""
-    shared = _GridIndependentWork()
-    return [pre._run(image, label, shared) for pre in preprocessors]
+    shared = GridIndependentWork()
+    return [pre(image, label, shared=shared) for pre in preprocessors]

@@ -40,15 +40,26 @@ def spline_coefficients(image: Image) -> sitk.Image:
     return sitk.BSplineDecomposition(sitk.Cast(image.to_sitk(), sitk.sitkFloat32), 3)
 
 
+def grid_origin(image: Image, start: Sequence[float], spacing: Sequence[float]) -> tuple[float, float, float]:
+    """Physical position of voxel ``start`` (z, y, x; may be fractional) of a grid with the image's
+    origin and direction and the given spacing: where a sub-box of such a grid begins."""
+    offset = np.asarray(start, dtype=np.float64)[::-1] * np.asarray(spacing, dtype=np.float64)[::-1]
+    return tuple(float(v) for v in np.asarray(image.origin) + image.direction @ offset)  # type: ignore[return-value]
+
+
 def resample_to_grid(image: Image, shape: Sequence[int], spacing: Sequence[float],
                      is_label: bool = False, order: int | None = None,
-                     coefficients: sitk.Image | None = None) -> Image:
-    """Resample onto the grid with the same origin/direction and the given (z, y, x) shape and spacing.
+                     coefficients: sitk.Image | None = None,
+                     origin: Sequence[float] | None = None) -> Image:
+    """Resample onto the grid with the image's direction and the given (z, y, x) shape and spacing,
+    starting at the image's origin, or at ``origin`` (a sub-box of a larger grid, see :func:`grid_origin`).
 
     ``coefficients``: the image's :func:`spline_coefficients`, reused instead of recomputed (cubic
     B-spline image resampling only).
     """
-    if is_on_grid(image, shape, spacing):
+    if origin is not None and np.allclose(origin, image.origin, rtol=0, atol=1e-9):
+        origin = None
+    if origin is None and is_on_grid(image, shape, spacing):
         return Image(image.array.copy(), image.spacing, image.origin, image.direction, image.modality)
     if coefficients is not None and (is_label or order not in (None, 3)):
         raise ValueError("B-spline coefficients only serve cubic B-spline image resampling")
@@ -66,7 +77,7 @@ def resample_to_grid(image: Image, shape: Sequence[int], spacing: Sequence[float
     else:
         raise ValueError(f"unsupported interpolation order {order}")
     f = sitk.ResampleImageFilter()
-    f.SetOutputOrigin(image.origin)
+    f.SetOutputOrigin(tuple(origin) if origin is not None else image.origin)
     f.SetOutputDirection(tuple(image.direction.ravel().tolist()))
     f.SetOutputSpacing(tuple(float(s) for s in reversed(list(spacing))))
     f.SetSize([int(s) for s in reversed(list(shape))])
@@ -80,23 +91,25 @@ def resample_to_grid(image: Image, shape: Sequence[int], spacing: Sequence[float
     dtype = image.array.dtype if is_label else np.float32
     result = Image.from_sitk(out, dtype=dtype, modality=image.modality)
     if coefficients is not None:
-        _extrapolate_edge_values(result, image, shape, spacing)
+        _extrapolate_edge_values(result, image, shape, spacing, origin)
     return result
 
 
-def _extrapolate_edge_values(result: Image, image: Image, shape: Sequence[int],
-                             spacing: Sequence[float]) -> None:
+def _extrapolate_edge_values(result: Image, image: Image, shape: Sequence[int], spacing: Sequence[float],
+                             origin: Sequence[float] | None) -> None:
     """Where the output grid runs more than half a voxel past the input (ITK's "outside the buffer"),
     the extrapolator repeats the nearest *coefficient*; put the nearest image value there instead, as
-    plain B-spline resampling does. Both grids start at the same origin, so only the far ends can lie
-    outside."""
+    plain B-spline resampling does."""
+    first = np.zeros(3) if origin is None else \
+        (image.direction.T @ (np.asarray(origin) - np.asarray(image.origin)))[::-1] / np.asarray(image.spacing)
     outside = np.zeros(result.shape, dtype=bool)
     for axis, (n_out, n_in, t, s) in enumerate(zip(shape, image.shape, spacing, image.spacing)):
-        beyond = np.arange(n_out) * t / s >= n_in - 0.5
+        position = first[axis] + np.arange(n_out) * t / s
+        beyond = (position >= n_in - 0.5) | (position < -0.5)
         if beyond.any():
             outside |= beyond.reshape([-1 if a == axis else 1 for a in range(3)])
     if outside.any():
-        nearest = resample_to_grid(image, shape, spacing, order=0).array
+        nearest = resample_to_grid(image, shape, spacing, order=0, origin=origin).array
         result.array[outside] = nearest[outside]
 
 

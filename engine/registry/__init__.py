@@ -8,7 +8,7 @@ imports neither torch nor MONAI.
 """
 
 from engine.registry.archive import MAX_UNPACKED_BYTES, extract_bundle_zip, safe_extract
-from engine.registry.bundle import load_bundle, save_bundle, seal_bundle
+from engine.registry.bundle import load_bundle, record_training_domain, save_bundle, seal_bundle
 from engine.registry.manifest import (
     DEMO_INTENDED_USE,
     FORMAT_VERSION,
@@ -31,6 +31,7 @@ __all__ = [
     "BUILTIN_DIR_ENV", "DEMO_INTENDED_USE", "FORMAT_VERSION", "HALF_PRECISION_STORAGE", "MANIFEST_NAME",
     "MAX_UNPACKED_BYTES", "MODALITIES", "MODEL_CARD_NAME", "MODEL_DIR_ENV", "REQUIRED_KEYS", "BundleInfo",
     "Label", "ModelBundle", "WeightFile", "builtin_dir", "export_bundle", "extract_bundle_zip", "find_bundle",
-    "import_bundle", "list_bundles", "load_bundle", "safe_extract", "save_bundle", "seal_bundle",
+    "import_bundle", "list_bundles", "load_bundle", "safe_extract", "record_training_domain", "save_bundle",
+    "seal_bundle",
     "semver_key", "sha256_file", "user_model_dir",
 ]

@@ -230,6 +230,19 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     os.replace(mtmp, folder / MANIFEST_NAME)
 
 
+def record_training_domain(path: str | os.PathLike, profile: dict[str, Any]) -> ModelBundle:
+    """Write a profile of the model's training data (:mod:`engine.domain`) into an intact bundle's
+    ``training.domain`` and record the new model.json checksum; weights are checked, never changed."""
+    from engine.domain.profile import MANIFEST_KEY
+
+    bundle = load_bundle(path, verify=True)  # only an intact bundle is edited
+    raw = read_manifest(bundle.path)
+    raw["training"] = {**dict(raw["training"]), MANIFEST_KEY: profile}
+    _write_manifest(bundle.path, raw)
+    log.info("Recorded the training-data profile in %s.", bundle.path / MANIFEST_NAME)
+    return load_bundle(bundle.path, verify=False)
+
+
 def seal_bundle(path: str | os.PathLike, force: bool = False) -> ModelBundle:
     """Record the checksums of model.json and MODEL_CARD.md in a bundle saved by an older engine.
 

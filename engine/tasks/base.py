@@ -179,6 +179,9 @@ class Task:
     stage_names: tuple[str, ...] | None = None
     #: Label the staging and the overview figure centre on (the tumour), if any.
     tumour_label: str | None = None
+    #: Label of the organ the tumour grows from; a tumour segmented away from it is flagged as outside
+    #: the model's domain (:mod:`engine.domain.check`).
+    organ_of_origin: str | None = None
     plan_defaults: PlanDefaults = field(default_factory=PlanDefaults)
     #: Module of the phantom generator (``generate(seed, preset, **options)``, ``description()``,
     #: ``HAS_TARGETS``), imported when a phantom is asked for.

@@ -39,12 +39,18 @@ class EsophagusTask(Task):
             from engine.tasks.esophagus.cli import add_train_arguments
 
             add_train_arguments(parser)
+        elif command == "run":
+            parser.add_argument("--whole-volume", action="store_true",
+                                help="esophagus: run the full-resolution stage on the whole volume, not only "
+                                     "around what the low-resolution stage found (slower; for comparisons)")
 
     def options_from_args(self, command: str, args: argparse.Namespace) -> dict[str, Any]:
         if command == "train":
             from engine.tasks.esophagus.cli import train_options
 
             return {"options": train_options(args)}
+        if command == "run" and getattr(args, "whole_volume", False):
+            return {"restrict_to_roi": False}
         return {}
 
     def train(self, dataset: str | Path, out_dir: str | Path, *, plan: Any = None,
@@ -70,7 +76,8 @@ class EsophagusTask(Task):
         from engine.tasks.esophagus.segment import segment_and_stage
 
         return segment_and_stage(source, out_dir, model, device=device, gradcam=gradcam, overwrite=overwrite,
-                                 progress=progress, cancel=cancel, series_uid=series_uid, tta=tta)
+                                 progress=progress, cancel=cancel, series_uid=series_uid, tta=tta,
+                                 restrict_to_roi=options.get("restrict_to_roi", True))
 
     def run_batch(self, source: str | Path, out_dir: str | Path, model: Any = None, *, tta: str = "all",
                   **options: Any) -> Path:
@@ -103,6 +110,7 @@ TASK = EsophagusTask(
     labels=LABELS,
     stage_names=STAGES,
     tumour_label=TUMOUR,
+    organ_of_origin=ORGAN_OF_ORIGIN,
     plan_defaults=PlanDefaults(dims=3, cascade=True),
     phantom="engine.synth.esophagus",
     slicer_module="EsophagusStaging",

@@ -100,7 +100,7 @@ def ensemble_classifiers(models: Sequence[str | Path | ModelBundle], out_dir: st
     members = [record for b in bundles for record in member_records(b)]
     metrics = {**{k: v for k, v in first.metrics.items() if k in ("lowres", "fullres")},
                "classifier": classifier_metrics(members, len(names))}
-    training = {**{k: v for k, v in first.training.items() if k in ("data", "segmentation_from", "hardware")},
+    training = {**{k: v for k, v in first.training.items() if k in ("data", "segmentation_from", "hardware", "domain")},
                 "command": command_line(command),
                 "seed": first.training.get("seed"), "classifier_ensemble": members}
     card = ensemble_model_card(first, members, len(names), weights_dtype)

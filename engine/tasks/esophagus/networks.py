@@ -41,12 +41,16 @@ class PreparedCase:
 def lowres_to_fullres(low_probs: torch.Tensor, low: PreprocessRecord, full: PreprocessRecord,
                       num_classes: int) -> np.ndarray:
     """One-hot of the low-resolution prediction on the full-resolution grid (same crop box: both
-    configurations crop the same foreground box, so only resize and padding differ)."""
+    configurations crop the same foreground box, so only resize and padding differ), or on its region
+    of interest when ``full`` has one (the same values there)."""
+    from engine.inference.roi import resize_region_linear
     from engine.preprocessing.crop import pad, unpad
 
-    probs = unpad(low_probs.numpy(), low.pads)
-    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(probs))[None], size=full.resampled_shape,
-                            mode="trilinear", align_corners=False)[0]
+    probs = torch.from_numpy(np.ascontiguousarray(unpad(low_probs.numpy(), low.pads)))
+    if full.roi is None:
+        resized = F.interpolate(probs[None], size=full.resampled_shape, mode="trilinear", align_corners=False)[0]
+    else:
+        resized = resize_region_linear(probs, full.resampled_shape, full.roi)
     labels = resized.argmax(0).numpy().astype(np.uint8)
     return pad(one_hot(labels, num_classes), full.pads, value=0.0)
 

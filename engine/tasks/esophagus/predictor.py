@@ -21,9 +21,10 @@ from engine.inference.volumes import structure_volumes_cm3
 from engine.io.image import Image
 from engine.models.nn_mtnet import ClassifierOptions, NetworkSpec, NnMTNet, SegmentationNet
 from engine.pipelines.case import Prediction, StepTimer
-from engine.planning.planner import Plan
-from engine.preprocessing.pipeline import (PreprocessedCase, Preprocessor, PreprocessRecord,
-                                          preprocess_configurations)
+from engine.planning.planner import Plan, roi_margin_mm
+from engine.inference.roi import CascadeRegion, cascade_region
+from engine.preprocessing.crop import unpad
+from engine.preprocessing.pipeline import GridIndependentWork, PreprocessedCase, Preprocessor, PreprocessRecord
 from engine.registry import ModelBundle
 from engine.tasks.base import CancelFn, ProgressFn, check_tta
 from engine.tasks.esophagus import ORGAN_OF_ORIGIN, STAGES, TASK, TUMOUR
@@ -32,11 +33,12 @@ from engine.tasks.esophagus.options import (CLASSIFIER_MIRROR_AXES, FULLRES, LOW
                                             classifier_weight_names)
 from engine.utils.device import describe_device, select_device
 
-INFERENCE_STEPS = ("preprocess", "segmentation_lowres", "segmentation_fullres", "postprocess", "krt",
-                   "classification", "gradcam", "restore")
+INFERENCE_STEPS = ("preprocess", "segmentation_lowres", "preprocess_fullres", "segmentation_fullres",
+                   "postprocess", "krt", "classification", "gradcam", "restore")
 #: The order of this task's fields in ``report.json``.
-REPORT_ORDER = ("stage_probabilities", "member_stage_probabilities", "predicted_stage", "volumes_cm3",
-                "krt_box", "warnings", "timings_s", "device", "test_time_augmentation")
+REPORT_ORDER = ("stage_probabilities", "member_stage_probabilities", "predicted_stage", "stage_reliable",
+                "volumes_cm3", "krt_box", "warnings", "domain", "timings_s", "device", "test_time_augmentation",
+                "full_resolution_region")
 
 
 @dataclass
@@ -47,10 +49,13 @@ class EsophagusPrediction(Prediction):
     test_time_augmentation: dict[str, str] = field(default_factory=dict)
     #: an ensemble's members' own probabilities (``stage_probabilities`` is their mean); empty otherwise
     member_stage_probabilities: list[dict[str, float]] = field(default_factory=list)
+    #: where the full-resolution stage ran (:func:`describe_region`)
+    full_resolution_region: dict[str, Any] = field(default_factory=dict)
 
     def report_fields(self) -> dict[str, Any]:
         fields = {**super().report_fields(), "krt_box": self.krt_box,
-                  "test_time_augmentation": self.test_time_augmentation}
+                  "test_time_augmentation": self.test_time_augmentation,
+                  "full_resolution_region": self.full_resolution_region}
         if self.member_stage_probabilities:
             fields["member_stage_probabilities"] = self.member_stage_probabilities
         return {k: fields[k] for k in REPORT_ORDER if k in fields}
@@ -81,10 +86,18 @@ def check_ct_intensities(image: Image) -> None:
                          "needs a thoracic CT in HU; MR or PET volumes cannot be staged with this model.")
 
 
+def describe_region(region: CascadeRegion | None) -> dict[str, Any]:
+    """The full-resolution region for report.json: its box on the full-resolution grid and its share."""
+    if region is None:
+        return {"restricted": False}
+    return {"restricted": not region.is_whole_grid, "box_voxels_zyx": region.box,
+            "grid_shape_zyx": region.grid_shape, "fraction_of_grid": round(region.fraction, 4)}
+
+
 def krt_box_physical(box: KrtBox, record: PreprocessRecord) -> dict[str, Any]:
     """The KRT box's corners in patient coordinates (LPS, mm) and its size in mm."""
     direction = np.asarray(record.direction).reshape(3, 3)
-    origin = np.asarray(record.cropped_origin())
+    origin = np.asarray(record.grid_origin())
     spacing_xyz = np.asarray(record.target_spacing)[::-1]
 
     def to_physical(index_zyx: Sequence[float]) -> list[float]:
@@ -107,6 +120,7 @@ class Segmented:
     labels: np.ndarray
     device: torch.device
     warnings: list[str]
+    region: CascadeRegion | None = None
 
 
 class EsophagusPredictor:
@@ -160,27 +174,43 @@ class EsophagusPredictor:
         peak = float(cam.max())
         return cam / peak if peak > 0 else cam
 
-    def _segment(self, image: Image, tta: str, timer: StepTimer, cancel: CancelFn | None) -> Segmented:
-        """Both cascade stages (mirrored windows with ``tta="all"``) and the post-processing."""
+    def _region(self, low_probs: torch.Tensor, low: PreprocessRecord, full: Preprocessor) -> CascadeRegion:
+        """The full-resolution box around the low-resolution foreground (its single-object structures
+        cleaned as the final labels are, so a stray island does not stretch the box)."""
+        low_labels = keep_largest_object(unpad(low_probs.argmax(0).numpy().astype(np.uint8), low.pads),
+                                         self.plan.labels)
+        cfg = full.config
+        return cascade_region(low_labels, full.resampled_shape(low), cfg.spacing, roi_margin_mm(self.plan),
+                              cfg.patch_size)
+
+    def _segment(self, image: Image, tta: str, timer: StepTimer, cancel: CancelFn | None,
+                 restrict: bool = True) -> Segmented:
+        """Both cascade stages (mirrored windows with ``tta="all"``) and the post-processing; with
+        ``restrict`` the full-resolution stage runs only on the region the low-resolution one found."""
         plan = self.plan
-        cfg_low, cfg_full = plan.configuration("3d_lowres"), plan.configuration("3d_fullres")
+        pre_low, pre_full = Preprocessor(plan, "3d_lowres"), Preprocessor(plan, "3d_fullres")
+        shared = GridIndependentWork()
         with timer.step("preprocess"):
-            low, full = preprocess_configurations((Preprocessor(plan, cfg_low), Preprocessor(plan, cfg_full)),
-                                                  image)
+            low = pre_low(image, shared=shared)
         seg_mirror = SEGMENTATION_MIRROR_AXES if tta == "all" else ()
-        window_low = SlidingWindowPredictor(cfg_low.patch_size, self.device, mirror_axes=seg_mirror)
-        window_full = SlidingWindowPredictor(cfg_full.patch_size, self.device, mirror_axes=seg_mirror)
+        window_low = SlidingWindowPredictor(pre_low.config.patch_size, self.device, mirror_axes=seg_mirror)
+        window_full = SlidingWindowPredictor(pre_full.config.patch_size, self.device, mirror_axes=seg_mirror)
         with timer.step("segmentation_lowres"):
             low_probs = window_low(self.low_net, low.image, cancel)
+        with timer.step("preprocess_fullres"):
+            region = self._region(low_probs, low.record, pre_full) if restrict else None
+            full = pre_full(image, shared=shared, roi=region.box if region is not None else None)
             prior = lowres_to_fullres(low_probs, low.record, full.record, self.num_classes)
+            del low_probs
         seg_input = np.concatenate([full.image, prior], axis=0)
+        del prior
         with timer.step("segmentation_fullres"):
             probs = window_full(self.net.segmentation, seg_input, cancel)
             pred = probs.argmax(0).numpy().astype(np.uint8)
         with timer.step("postprocess"):
             pred = keep_largest_object(pred, plan.labels)
         warnings = window_low.warnings + window_full.warnings
-        return Segmented(full, seg_input, pred, window_full.device, warnings)
+        return Segmented(full, seg_input, pred, window_full.device, warnings, region)
 
     def _krt_crop(self, seg: Segmented, timer: StepTimer) -> tuple[KrtBox, torch.Tensor]:
         """The classifier's crop: the KRT box around the tumour (or the whole volume without KRT)."""
@@ -228,14 +258,17 @@ class EsophagusPredictor:
         return restored, label_image, cam_image
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, tta: str = "all") -> EsophagusPrediction:
+                cancel: CancelFn | None = None, tta: str = "all", restrict_to_roi: bool = True
+                ) -> EsophagusPrediction:
         """``tta`` (:data:`~engine.tasks.base.TTA_MODES`): "all" averages the segmentation over mirrored
         windows (4 passes per window) and the stage probabilities over the classifier's in-plane
-        mirrorings (4 passes of a small crop); "stage" mirrors only the classifier; "none" neither."""
+        mirrorings (4 passes of a small crop); "stage" mirrors only the classifier; "none" neither.
+        ``restrict_to_roi=False`` runs the full-resolution stage on the whole volume (slower; for
+        comparisons)."""
         check_tta(tta)
         check_ct_intensities(image)
         timer = StepTimer(progress, cancel, INFERENCE_STEPS)
-        seg = self._segment(image, tta, timer, cancel)
+        seg = self._segment(image, tta, timer, cancel, restrict_to_roi)
         box, crop = self._krt_crop(seg, timer)
         per_member = self._classify(crop, seg.device, tta, timer)
         p = per_member.mean(axis=0)
@@ -253,4 +286,5 @@ class EsophagusPredictor:
             krt_box=krt_box_physical(box, seg.full.record), warnings=seg.warnings, timings_s=timer.timings,
             device=describe_device(seg.device), test_time_augmentation=describe_tta(tta),
             member_stage_probabilities=[{s: float(v) for s, v in zip(self.stage_names, row)}
-                                        for row in per_member] if len(self.members) > 1 else [])
+                                        for row in per_member] if len(self.members) > 1 else [],
+            full_resolution_region=describe_region(seg.region))

@@ -30,14 +30,16 @@ def segment_and_stage(input_path: str | Path | Image, out_dir: str | Path,
                       model: str | Path | ModelBundle | EsophagusPredictor | None = None,
                       device: str = "auto", gradcam: bool = True, overwrite: bool = False,
                       progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                      series_uid: str | None = None, tta: str = "all") -> case.RunResult:
+                      series_uid: str | None = None, tta: str = "all", restrict_to_roi: bool = True
+                      ) -> case.RunResult:
     """Segment & Stage one CT and write every result file into ``out_dir``, all or nothing.
 
     Everything is checked before anything is written: the output folder, the input image (CT in HU,
-    3D), the model (task, sha256).
+    3D), the model (task, sha256). ``restrict_to_roi=False`` runs the full-resolution stage on the whole
+    volume instead of around the low-resolution foreground.
     """
     check_tta(tta)
     return case.segment_case(TASK, input_path, out_dir, lambda: TASK.load_predictor(model, device),
                              gradcam=gradcam, overwrite=overwrite, progress=progress, cancel=cancel,
                              series_uid=series_uid, check_input=check_ct_intensities, report=build_report,
-                             tta=tta)
+                             tta=tta, restrict_to_roi=restrict_to_roi)

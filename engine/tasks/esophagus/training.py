@@ -20,6 +20,7 @@ import torch
 
 from engine.data.dataset import RawDataset
 from engine.data.patches import PatchDataset, TrainingCase, nnunet_augmentation
+from engine.domain.profile import MANIFEST_KEY, dataset_profile
 from engine.errors import Cancelled, TrainingError
 from engine.inference.krt import KrtBox, krt_box
 from engine.inference.sliding_window import SlidingWindowPredictor
@@ -353,6 +354,7 @@ class EsophagusTraining:
             "hardware": {"device": describe_device(self.device), "platform": platform.platform(),
                          "torch": torch.__version__},
             "duration_s": round(duration_s, 1),
+            MANIFEST_KEY: dataset_profile(self.ds, self.train_ids).to_dict(),
         }
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from engine.data.dataset import RawDataset
+from engine.domain.profile import MANIFEST_KEY, dataset_profile
 from engine.errors import Cancelled, TrainingError
 from engine.pipelines.training_run import (
     CANCELLED_MESSAGE,
@@ -263,7 +264,8 @@ class GtvTraining:
                 "loss_curves": self.curves,
                 "hardware": {"device": describe_device(self.device), "platform": platform.platform(),
                              "torch": torch.__version__},
-                "duration_s": round(time.monotonic() - self.t0, 1)}
+                "duration_s": round(time.monotonic() - self.t0, 1),
+                MANIFEST_KEY: dataset_profile(self.ds, self.train_ids).to_dict()}
 
 
 def choose_split(ds: RawDataset, options: GtvTrainOptions) -> tuple[list[str], list[str]]:
