@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["EsophagusStaging", "GTVSeg"]
+MODULES = ["EsophagusStaging", "GTVSeg", "NPCStaging"]
 SHARED_WIDGET = REPO / "OncoStagingCommon" / "OncoStagingCommon" / "widget.py"
 #: The shared Qt panels: the task panel and the treatment-outcome (PET) panel.
 SHARED_PANELS = (SHARED_WIDGET, REPO / "OncoStagingCommon" / "OncoStagingCommon" / "pet_panel.py")
@@ -24,7 +24,8 @@ SHARED_ONLY = ("EngineJob", "subprocess", "Launcher", "poll(", "import_run_resul
 PAPER = ("Segmentation prompts classification: nnU-Net-based 3D transfer learning with ROI tokenization and "
          "cross-task attention for esophageal cancer T-stage diagnosis (nn-TransEC)")
 #: The method each module's help text names.
-METHODS = {"EsophagusStaging": PAPER, "GTVSeg": "Shi et al., decoupled GTV segmentation on CT"}
+METHODS = {"EsophagusStaging": PAPER, "GTVSeg": "Shi et al., decoupled GTV segmentation on CT",
+           "NPCStaging": "multi-task GTV segmentation and T-staging of nasopharyngeal carcinoma on MRI"}
 
 
 def module_task(module: str):
