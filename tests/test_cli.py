@@ -66,13 +66,20 @@ def test_tasks_lists_every_registered_task_with_its_declaration(capsys):
     assert rows["esophagus"]["labels"] == {"EC": 1, "aorta": 2, "esophagus": 3, "lymph node": 4, "pericardium": 5}
     assert rows["esophagus"]["stages"] == ["T1", "T2", "T3", "T4"]
     assert rows["gtv"]["pipeline"] is True and rows["gtv"]["stages"] == []
-    assert rows["pet"]["pipeline"] is False
+    assert rows["pet"]["pipeline"] is True and rows["pet"]["modality"] == "PT"
     assert rows["npc"]["modality"] == "MR"
     assert all(r["models"] == [] for r in rows.values())  # the tests' model folders are empty
 
 
 def test_a_task_without_a_pipeline_says_which_tasks_have_one(tmp_path, capsys):
-    assert main(["train", "--task", "pet", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    from engine.tasks import Label, Task, register_task, unregister_task
+
+    register_task(Task(name="declared", title="A declaration only", modality="CT",
+                       labels=(Label("lesion", 1, (200, 0, 0)),)), replace=True)
+    try:
+        assert main(["train", "--task", "declared", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    finally:
+        unregister_task("declared")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no training pipeline yet" in err[0] and "esophagus" in err[0]
 
