@@ -90,11 +90,23 @@ def _tiny_npc(root) -> Any:
     return get_task("npc").train(root / "data", root / "model", options=options, spacing=(6.0, 3.28, 3.28))
 
 
+def _tiny_pet(root) -> Any:
+    """A PET outcome model of one training step: untrained, but every step of the predictor runs."""
+    from engine.tasks.pet.options import PetTrainOptions
+
+    generate_dataset("pet", root / "data", cases=4, seed=3)
+    options = PetTrainOptions(epochs=1, steps_per_epoch=1, batch_size=2, width=2, crop_size=32, val_fraction=0.0,
+                              device="cpu")
+    return get_task("pet").train(root / "data", root / "model", options=options)
+
+
 #: How to get a fast trained model of each task that has a predictor; a new task must add one here.
-TINY_MODELS: dict[str, Callable[[Any], Any]] = {"esophagus": _tiny_esophagus, "gtv": _tiny_gtv, "npc": _tiny_npc}
+TINY_MODELS: dict[str, Callable[[Any], Any]] = {"esophagus": _tiny_esophagus, "gtv": _tiny_gtv, "npc": _tiny_npc,
+                                                "pet": _tiny_pet}
 #: What each task's predictor needs to run fast and deterministically.
 PREDICT_OPTIONS: dict[str, dict[str, Any]] = {"esophagus": {"tta": "none", "gradcam": True},
-                                              "gtv": {"gradcam": True}, "npc": {"gradcam": True}}
+                                              "gtv": {"gradcam": True}, "npc": {"gradcam": True},
+                                              "pet": {"gradcam": True}}
 
 
 def test_every_task_with_a_predictor_is_covered():
@@ -138,6 +150,9 @@ def _check_orientation(model: dict[str, Any], perm: tuple[int, ...], flips: tupl
         if key in getattr(ref, "krt_box", {}):
             np.testing.assert_allclose(result.krt_box[key], ref.krt_box[key], atol=2e-3, err_msg=where)
     assert result.volumes_cm3 == pytest.approx(ref.volumes_cm3, abs=1e-6), where
+    for field in ("outcome_probabilities", "pathology_probabilities", "uptake"):   # the PET task's outputs
+        if getattr(ref, field, None):
+            assert getattr(result, field) == pytest.approx(getattr(ref, field), abs=1e-4), where
     if getattr(ref, "slice_probabilities", None):   # listed in the input's slice order: compare as a set
         np.testing.assert_allclose(sorted(result.slice_probabilities), sorted(ref.slice_probabilities),
                                    atol=1e-4, err_msg=where)

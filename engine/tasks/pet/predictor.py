@@ -77,6 +77,7 @@ class PetPredictor:
         self.net.load_state_dict(bundle.load_state_dict(NETWORK))
         self.net.to(self.device).eval()
         self.spec = self.net.spec
+        self.plan = dict(bundle.plan)  # the task's own geometry (2 mm, crop), not a segmentation Plan
         self.pathologies = list(bundle.plan.get("pathologies", PATHOLOGIES))
 
     def _input(self, suv: np.ndarray) -> torch.Tensor:
