@@ -11,9 +11,8 @@ import logging
 from pathlib import Path
 
 import slicer
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
-
 from OncoStagingCommon.widget import TaskWidget
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,10 @@ class NPCStagingTest(ScriptedLoadableModuleTest):
     def test_segment_and_stage_on_a_phantom(self):
         import tempfile
 
+        from OncoStagingCommon.logic import RunOptions, TaskInputError, TaskLogic, TrainingRequest
+
         from engine.synth import generate_dataset
         from engine.tasks import get_task
-        from OncoStagingCommon.logic import RunOptions, TaskInputError, TaskLogic, TrainingRequest
 
         task = get_task(TASK)
         root = Path(tempfile.mkdtemp(prefix="NPCStagingTest-"))

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 log = logging.getLogger("bench_npc")
 PHANTOM_SEED = 424242
@@ -124,7 +124,7 @@ def benchmark(predictor: Any, image: Any, repeats: int) -> dict[str, Any]:
     ours_runs = timed_runs(ours, repeats)
     baseline_runs = timed_runs(lambda: baseline.predict(image), repeats)
     ours_s, baseline_s = round(statistics.median(ours_runs), 4), round(statistics.median(baseline_runs), 4)
-    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    count = lambda net: sum(p.numel() for p in net.parameters())
     return {"volume": list(image.shape), "spacing": [round(s, 4) for s in image.spacing],
             "threads": torch.get_num_threads(), "device": "cpu", "repeats": repeats,
             "ours_s": ours_s, "baseline_s": baseline_s, "ratio": round(ours_s / baseline_s, 4),

@@ -5,6 +5,7 @@ screenshots in ``Resources/Screenshots/`` from the same glue path the module use
 
     python tests/slicer/offscreen.py                  # writes Resources/Screenshots/*.png
     python tests/slicer/offscreen.py --gtv-ct CT.nii.gz   # GTVSeg's on that CT (default: a gtv phantom)
+    python tests/slicer/offscreen.py --only npc           # NPCStaging's (the shipped demo on an npc phantom)
 
 The GTVSeg screenshots are made only when a trained ``gtv`` model is installed (none ships with the
 repository); otherwise they are skipped, never drawn from anything but a model's output.
@@ -24,6 +25,8 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 THREE_D_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
                     "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D")
 SLICE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",)
+#: The npc phantom of the NPCStaging screenshots (not one of the shipped model's training phantoms).
+NPC_SCREENSHOT_SEED = 31
 
 
 def _window(size: tuple[int, int], layers: int = 1) -> tuple[vtk.vtkRenderWindow, vtk.vtkRenderer]:
@@ -285,11 +288,71 @@ def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def make_npc_screenshots(out_dir=None, mri_path=None) -> list:
+    """NPCStaging: Segment & Stage ``mri_path`` (default: a fresh npc phantom) with the installed ``npc``
+    model (the shipped demo unless a newer one is installed), import the run through the module's glue
+    and render the GTV in 3D and the axial slice where the GTV is largest, with the Grad-CAM."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
+    from conftest import HeadlessSlicer
+
+    from engine.errors import EngineError
+    from engine.io.image import write_image
+    from engine.pipelines.outputs import segments_from_labels
+    from engine.registry import find_bundle
+    from engine.synth import generate_case
+    from engine.tasks import get_task
+    from OncoStagingCommon import results
+
+    try:
+        bundle = find_bundle("npc")
+    except EngineError as exc:
+        print(f"NPCStaging screenshots skipped: no npc model is installed ({exc})")
+        return []
+    out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="oncostaging-npc-screens-"))
+    try:
+        mri_file = Path(mri_path) if mri_path else work / "npc_phantom_mri.nii.gz"
+        case = None if mri_path else generate_case("npc", NPC_SCREENSHOT_SEED, "small")
+        if case is not None:
+            write_image(case.channels[0], mri_file)
+        run = work / "run"
+        result = get_task("npc").segment(mri_file, run, bundle, device="cpu")
+        headless = HeadlessSlicer()
+        mri = headless.load_volume(mri_file, "T1C MRI")
+        three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
+        axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
+        results.import_run_results(headless.scene, mri, run, "NPCStaging", segments_from_labels(bundle.labels))
+        written = [out_dir / "NPCStaging-3D.png", out_dir / "NPCStaging-GradCAM.png"]
+        save_png(three_d.render("Anterior"), written[0])
+        labels = headless.load_volume(run / "segmentation.nii.gz", "GTV labels", labelmap=True)
+        save_png(axial.render(axial_offset(mri, largest_area_slice(labels)), zoom=1.5), written[1])
+        reference = f" (reference {case.targets.t_stage})" if case is not None else ""
+        print(f"model {bundle.id} {bundle.version}; predicted {result.predicted_stage}{reference}; wrote "
+              + ", ".join(str(p) for p in written))
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gtv-ct", help="CT for the GTVSeg screenshots (default: a gtv phantom)")
+    parser.add_argument("--npc-mri", help="MRI for the NPCStaging screenshots (default: an npc phantom)")
+    parser.add_argument("--only", choices=("esophagus", "gtv", "npc"), help="make one module's screenshots")
     arguments = parser.parse_args()
-    make_screenshots()
-    make_gtv_screenshots(ct_path=arguments.gtv_ct)
+    if arguments.only in (None, "esophagus"):
+        make_screenshots()
+    if arguments.only in (None, "gtv"):
+        make_gtv_screenshots(ct_path=arguments.gtv_ct)
+    if arguments.only in (None, "npc"):
+        make_npc_screenshots(mri_path=arguments.npc_mri)

@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed; install the 'slicer' extra")
 
-import slicer  # noqa: E402
-import slicer.util  # noqa: E402
+import slicer
+import slicer.util
+from OncoStagingCommon.logic import RunOptions, TaskLogic, TrainingRequest
+from OncoStagingCommon.process import InProcessLauncher
 
-from OncoStagingCommon import results  # noqa: E402
-from OncoStagingCommon.logic import RunOptions, TaskLogic, TrainingRequest  # noqa: E402
-from OncoStagingCommon.process import InProcessLauncher  # noqa: E402
+from OncoStagingCommon import results
 
 TASK = "npc"
 #: The self-test's tiny configuration (NPCStaging.TINY_TRAINING): seconds on a CPU, not accurate.

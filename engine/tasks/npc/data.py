@@ -19,7 +19,7 @@ import torch
 from engine.data.dataset import RawDataset
 from engine.io.image import Image
 from engine.planning.planner import Plan
-from engine.preprocessing.pipeline import PreprocessRecord, Preprocessor
+from engine.preprocessing.pipeline import Preprocessor, PreprocessRecord
 from engine.tasks.npc.options import AUGMENT_MIRROR_AXES, PAPER_FIELD_OF_VIEW_MM
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ CONFIGURATION = "3d_fullres"
 
 def head_patch_size(spacing: Sequence[float], median_shape: Sequence[int]) -> list[int]:
     """The paper's head field of view in voxels at ``spacing``, no larger than the data's median image."""
-    return [max(1, min(int(round(fov / s)), int(m))) for fov, s, m in zip(PAPER_FIELD_OF_VIEW_MM, spacing,
+    return [max(1, min(round(fov / s), int(m))) for fov, s, m in zip(PAPER_FIELD_OF_VIEW_MM, spacing,
                                                                           median_shape)]
 
 

@@ -85,10 +85,10 @@ def _fmt_proportion(p: dict[str, Any]) -> str:
 
 
 def paper_table_markdown(table: dict[str, Any]) -> str:
-    lines = ["## The paper's measures", "",
-             f"GTV DSC median {table['dsc_median']:.3f} (IQR {table['dsc_iqr'][0]:.3f}–{table['dsc_iqr'][1]:.3f}); "
-             f"ASD mean {format_number(table['asd_mm_mean'], '.2f')} mm. AUC and accuracy with their 95 % CIs are "
-             "in the stage classification section above.", "",
+    summary = (f"GTV DSC median {table['dsc_median']:.3f} (IQR {table['dsc_iqr'][0]:.3f}–{table['dsc_iqr'][1]:.3f}); "
+               f"ASD mean {format_number(table['asd_mm_mean'], '.2f')} mm. AUC and accuracy with their 95 % CIs are "
+               "in the stage classification section above.")
+    lines = ["## The paper's measures", "", summary, "",
              "| stage | sensitivity (95 % CI) | specificity (95 % CI) |", "|---|---|---|"]
     lines += [f"| {s} | {_fmt_proportion(v['sensitivity'])} | {_fmt_proportion(v['specificity'])} |"
               for s, v in table["per_stage"].items()]
@@ -135,8 +135,8 @@ def comparison_markdown(c: ModelComparison) -> str:
     w, m = c.dsc_wilcoxon, c.accuracy_mcnemar
     lines = [f"# {c.model_a} against {c.model_b} ({c.n_cases} common cases)", "",
              f"- DSC, Wilcoxon signed-rank: median difference {w['median_difference']:+.4f}, p = {w['p_value']:.4g}.",
-             f"- Accuracy, McNemar ({m['method']}): only A correct {m['b']}, only B correct {m['c']}, "
-             f"p = {m['p_value']:.4g}.", "",
+             (f"- Accuracy, McNemar ({m['method']}): only A correct {m['b']}, only B correct {m['c']}, "
+              f"p = {m['p_value']:.4g}."), "",
              "| stage (one vs rest) | AUC A | AUC B | difference | DeLong p |", "|---|---|---|---|---|"]
     lines += [f"| {s} | {d['auc_a']:.3f} | {d['auc_b']:.3f} | {d['auc_difference']:+.3f} | {d['p_value']:.4g} |"
               for s, d in c.auc_delong.items()]

@@ -25,8 +25,18 @@ def validation_lines(metrics: Mapping[str, Any]) -> list[str]:
     if not val:
         return ["- Validation: none (trained on every case); see the evaluation on separate data."]
     shown = ", ".join(f"{k} {format_number(v)}" for k, v in val.items() if isinstance(v, (int, float)))
-    return [f"- Validation fold at the kept epoch {metrics.get('kept_epoch')} of {metrics.get('epochs')}: {shown} "
-            "(Dice at threshold 0.5 on the head crop; AUC macro one-vs-rest)."]
+    where = f"kept epoch {metrics.get('kept_epoch')} of {metrics.get('epochs')}"
+    return [(f"- Validation fold at the {where}: {shown} (Dice at threshold 0.5 on the head crop; AUC macro "
+             "one-vs-rest).")]
+
+
+def budget_line(options: NpcTrainOptions, metrics: Mapping[str, Any], training: Mapping[str, Any]) -> str:
+    steps = f" of {options.steps_per_epoch} steps" if options.steps_per_epoch else ""
+    limit = f", time limit {options.time_limit_min:g} min" if options.time_limit_min else ""
+    device = training.get("hardware", {}).get("device")
+    return (f"- Budget: at most {options.epochs} epochs{steps}, batch {options.batch_size}, Adam {options.lr:g}, "
+            f"ReduceLROnPlateau (patience {options.plateau_patience}){limit}; ran {metrics.get('epochs')} epoch(s) "
+            f"in {training.get('duration_s')} s on {device}.")
 
 
 def model_card(options: NpcTrainOptions, description: DatasetDescription, metrics: Mapping[str, Any],
@@ -36,28 +46,24 @@ def model_card(options: NpcTrainOptions, description: DatasetDescription, metric
     config = plan.configuration("3d_fullres")
     data = training.get("data", {})
     weights = metrics.get("loss_weights") or {}
+    split = (f"{len(data.get('train_cases', []))} training and {len(data.get('val_cases', []))} validation cases "
+             f"(fold {options.fold} of {options.folds}, stratified by stage).")
+    phantoms = " Trained on synthetic phantoms: it has never seen a real MRI." if demo else ""
+    spacing = " × ".join(format_number(s, ".4g") for s in config.spacing)
+    crop = " × ".join(str(n) for n in config.patch_size)
     lines = [
         f"# {options.model_name}", "",
-        f"- Task: GTV segmentation and T-stage (T1–T4) of nasopharyngeal carcinoma on contrast-enhanced T1 MRI "
-        f"(variant `{options.variant}`).",
-        f"- Training data: `{description.name}`, {len(data.get('train_cases', []))} training and "
-        f"{len(data.get('val_cases', []))} validation cases (fold {options.fold} of {options.folds}, stratified by "
-        "stage)." + (f" {description.description}" if description.description else ""),
-        f"- Intended use: {options.intended_use}." + (" Trained on synthetic phantoms: it has never seen a real "
-                                                      "MRI." if demo else ""),
+        ("- Task: GTV segmentation and T-stage (T1–T4) of nasopharyngeal carcinoma on contrast-enhanced T1 MRI "
+         f"(variant `{options.variant}`)."),
+        f"- Training data: `{description.name}`, {split} {description.description or ''}".rstrip(),
+        f"- Intended use: {options.intended_use}.{phantoms}",
         "- Not a medical device. Do not use for diagnosis or treatment decisions.",
-        f"- Input: resampled to {' × '.join(format_number(s, '.4g') for s in config.spacing)} mm (z, y, x), z-score "
-        f"over the body, head crop {' × '.join(str(n) for n in config.patch_size)} voxels.",
-        f"- Widths: U-Net {options.unet_width} (max {options.unet_max_width}), ResNet-50 {options.stage_width} "
-        "(the paper: 32 and 64).",
-        f"- Budget: at most {options.epochs} epochs" + (f" of {options.steps_per_epoch} steps" if options.steps_per_epoch
-                                                        else "")
-        + f", batch {options.batch_size}, Adam {options.lr:g}, ReduceLROnPlateau (patience {options.plateau_patience})"
-        + (f", time limit {options.time_limit_min:g} min" if options.time_limit_min else "")
-        + f"; ran {metrics.get('epochs')} epoch(s) in {training.get('duration_s')} s on "
-          f"{training.get('hardware', {}).get('device')}.",
-        f"- Learned loss weights at the end: λseg {format_number(weights.get('seg'))}, λcls "
-        f"{format_number(weights.get('cls'))} (trajectory per epoch in model.json, training.loss_weight_trajectory).",
+        f"- Input: resampled to {spacing} mm (z, y, x), z-score over the body, head crop {crop} voxels.",
+        (f"- Widths: U-Net {options.unet_width} (max {options.unet_max_width}), ResNet-50 {options.stage_width} "
+         "(the paper: 32 and 64)."),
+        budget_line(options, metrics, training),
+        (f"- Learned loss weights at the end: λseg {format_number(weights.get('seg'))}, λcls "
+         f"{format_number(weights.get('cls'))} (per epoch in model.json, training.loss_weight_trajectory)."),
         *validation_lines(metrics),
         f"- Training command: `{training.get('command')}`", "",
         METHOD_LINE, ""]

@@ -22,8 +22,17 @@ from torch import nn
 
 from engine.data.dataset import RawDataset
 from engine.errors import Cancelled, TrainingError
-from engine.pipelines.training_run import (CANCELLED_MESSAGE, PhaseTaggedCallbacks, check_cancel, check_resume,
-                                           command_line, epoch_metrics, record_run, run_record, work_dir)
+from engine.pipelines.training_run import (
+    CANCELLED_MESSAGE,
+    PhaseTaggedCallbacks,
+    check_cancel,
+    check_resume,
+    command_line,
+    epoch_metrics,
+    record_run,
+    run_record,
+    work_dir,
+)
 from engine.planning.planner import Plan
 from engine.registry import ModelBundle, save_bundle
 from engine.registry.bundle import check_bundle_target

@@ -8,8 +8,14 @@ import math
 import pytest
 import torch
 
-from engine.tasks.npc.blocks import (BottleneckAttention, FeatureFusionAttention, JaccardFocalLoss,
-                                     LearnedLossWeights, RelativeSelfAttention3d, relative_index)
+from engine.tasks.npc.blocks import (
+    BottleneckAttention,
+    FeatureFusionAttention,
+    JaccardFocalLoss,
+    LearnedLossWeights,
+    RelativeSelfAttention3d,
+    relative_index,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +43,7 @@ def test_attention_keeps_the_shape_and_splits_heads():
 
 
 def _logits(attention: RelativeSelfAttention3d, x: torch.Tensor) -> torch.Tensor:
-    b, c, *size = x.shape
+    b, _, *size = x.shape
     q, k, _ = attention.qkv(x).reshape(b, 3, attention.heads, attention.head_channels, -1).transpose(-1, -2).unbind(1)
     return attention.attention_logits(q, k, size)
 
@@ -89,7 +95,7 @@ def test_learned_weights_start_at_one_stay_positive_and_move():
     assert all(v > 0 for v in lam.values())
     assert lam["seg"] < 0.7 and lam["cls"] > 1.5  # towards 1/L: 0.25 and 4
     # the uncertainty term makes λ = 1/L the minimum: L·λ - log λ at λ = 1/L beats λ → 0
-    loss = lambda lam_, task_loss: task_loss * lam_ - math.log(lam_)  # noqa: E731
+    loss = lambda lam_, task_loss: task_loss * lam_ - math.log(lam_)
     assert loss(1 / 4.0, 4.0) < loss(1e-3, 4.0)
 
 

@@ -9,10 +9,10 @@ from torch import nn
 from engine.tasks.npc.blocks import BottleneckAttention
 from engine.tasks.npc.networks import NpcNetwork, network_config
 
-DEMO = dict(patch_size=(16, 64, 64), spacing=(6.0, 1.64, 1.64), unet_width=8, unet_max_width=64, stage_width=8,
-            num_stages=4)
-TINY = dict(patch_size=(16, 32, 32), spacing=(6.0, 3.28, 3.28), unet_width=8, unet_max_width=16, stage_width=8,
-            num_stages=4)
+DEMO = {"patch_size": (16, 64, 64), "spacing": (6.0, 1.64, 1.64), "unet_width": 8, "unet_max_width": 64,
+        "stage_width": 8, "num_stages": 4}
+TINY = {"patch_size": (16, 32, 32), "spacing": (6.0, 3.28, 3.28), "unet_width": 8, "unet_max_width": 16,
+        "stage_width": 8, "num_stages": 4}
 
 
 @pytest.fixture(autouse=True)
