@@ -23,8 +23,15 @@ from engine.planning.planner import Configuration, Plan
 from engine.preprocessing import crop as cropping
 from engine.preprocessing.normalize import normalize
 from engine.preprocessing.orientation import Reorientation, reorientation
+from engine.preprocessing.torch_resample import resample_array
 from engine.preprocessing.resample import (grid_origin, is_on_grid, resample_to_grid, resampled_shape,
                                           spline_coefficients)
+
+
+#: How images can be resampled (see :class:`Preprocessor`).
+RESAMPLERS = ("sitk", "torch")
+#: Cubic B-spline along every axis: the interpolation of SimpleITK's path, so both give the same input.
+IMAGE_ORDERS = (3, 3, 3)
 
 
 @dataclass
@@ -117,12 +124,18 @@ class Preprocessor:
     that must keep the full field of view."""
 
     def __init__(self, plan: Plan, configuration: str | Configuration | None = None,
-                 crop_to_foreground: bool = True, pad_to_patch: bool = True):
+                 crop_to_foreground: bool = True, pad_to_patch: bool = True, resampler: str = "sitk",
+                 device: str | None = None):
+        """``resampler``: "sitk" (SimpleITK) or "torch" (:mod:`engine.preprocessing.torch_resample`, the
+        same interpolation, on ``device``: the GPU when the model runs there)."""
+        if resampler not in RESAMPLERS:
+            raise ValueError(f"resampler must be one of {RESAMPLERS}, not {resampler!r}")
         self.plan = plan
         self.config = configuration if isinstance(configuration, Configuration) else \
             plan.configuration(configuration)
         self.crop_to_foreground = crop_to_foreground
         self.pad_to_patch = pad_to_patch
+        self.resampler, self.device = resampler, device or "cpu"
 
     def __call__(self, image: Image | list[Image], label: Image | None = None, *,
                  shared: GridIndependentWork | None = None,
@@ -160,9 +173,14 @@ class Preprocessor:
         arrays = []
         for index, ch in enumerate(channels):
             cropped = self._cropped_image(ch, record)
-            origin = None if roi is None else grid_origin(cropped, [a for a, _ in roi], target)
-            resampled = self._resampled(cropped, grid, target, shared.coefficients,
-                                        (index, tuple(map(tuple, box))), origin).array
+            start = [0, 0, 0] if roi is None else [a for a, _ in roi]
+            if self.resampler == "torch":
+                resampled = resample_array(cropped.array, cropped.spacing, grid, target, IMAGE_ORDERS, start,
+                                           self.device).cpu().numpy()
+            else:
+                origin = None if roi is None else grid_origin(cropped, start, target)
+                resampled = self._resampled(cropped, grid, target, shared.coefficients,
+                                            (index, tuple(map(tuple, box))), origin).array
             mask = resampled > cropping.CT_BODY_THRESHOLD_HU if self.plan.normalization.scheme == "ct" \
                 else resampled > resampled.min()
             normed = normalize(resampled, self.plan.normalization, mask)
@@ -203,9 +221,10 @@ class Preprocessor:
 
     # --- inverse --------------------------------------------------------------------------------
     @staticmethod
-    def restore_labels(labels: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-        """(z, y, x) labels on the preprocessed grid → labels on the input's grid (nearest)."""
-        restored = Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True)[0]
+    def restore_labels(labels: np.ndarray, record: PreprocessRecord, device: str | None = None) -> np.ndarray:
+        """(z, y, x) labels on the preprocessed grid → labels on the input's grid (nearest); with a
+        ``device``, resampled there by torch (the same voxels)."""
+        restored = Preprocessor._restore(labels[None].astype(np.uint8), record, is_label=True, device=device)[0]
         return _to_input(restored, record)
 
     @staticmethod
@@ -221,12 +240,13 @@ class Preprocessor:
         return _to_input(out, record)
 
     @staticmethod
-    def restore_map(values: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    def restore_map(values: np.ndarray, record: PreprocessRecord, device: str | None = None) -> np.ndarray:
         """(z, y, x) values on the preprocessed grid (a heat map) → the input's grid (linear)."""
-        return _to_input(Preprocessor._restore(values[None], record, is_label=False)[0], record)
+        return _to_input(Preprocessor._restore(values[None], record, is_label=False, device=device)[0], record)
 
     @staticmethod
-    def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool) -> np.ndarray:
+    def _restore(arrays: np.ndarray, record: PreprocessRecord, is_label: bool,
+                 device: str | None = None) -> np.ndarray:
         """Undo padding, resampling and cropping: arrays on the canonical uncropped grid."""
         if list(arrays.shape[1:]) != [r + b + a for r, (b, a) in zip(record.grid_shape, record.pads)]:
             raise ValueError(f"prediction shape {arrays.shape[1:]} does not match the preprocessed shape "
@@ -237,6 +257,14 @@ class Preprocessor:
         start_xyz = np.array([a for a, _ in box], dtype=np.float64)[::-1]
         target_origin = np.asarray(record.origin) + direction @ (start_xyz * np.asarray(record.original_spacing)[::-1])
         restored = []
+        if device is not None:
+            start = [a - c for (a, _), (c, _) in zip(box, record.crop_box)]
+            first = [0, 0, 0] if record.roi is None else [a for a, _ in record.roi]
+            for channel in unpadded:
+                back = resample_array(channel, record.target_spacing, [b - a for a, b in box], record.original_spacing,
+                                      (0, 0, 0) if is_label else (1, 1, 1), start, device, first)
+                restored.append(back.cpu().numpy())
+            return cropping.uncrop(np.stack(restored).astype(arrays.dtype), box, record.original_shape, fill=0)
         for channel in unpadded:
             img = Image(np.ascontiguousarray(channel), record.target_spacing, record.grid_origin(), direction)
             back = resample_to_grid(img, [b - a for a, b in box], record.original_spacing, is_label=is_label,

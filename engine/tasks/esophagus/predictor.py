@@ -188,7 +188,9 @@ class EsophagusPredictor:
         """Both cascade stages (mirrored windows with ``tta="all"``) and the post-processing; with
         ``restrict`` the full-resolution stage runs only on the region the low-resolution one found."""
         plan = self.plan
-        pre_low, pre_full = Preprocessor(plan, "3d_lowres"), Preprocessor(plan, "3d_fullres")
+        on = str(self.device)  # resampling runs where the networks do (torch: the GPU when there is one)
+        pre_low = Preprocessor(plan, "3d_lowres", resampler="torch", device=on)
+        pre_full = Preprocessor(plan, "3d_fullres", resampler="torch", device=on)
         shared = GridIndependentWork()
         with timer.step("preprocess"):
             low = pre_low(image, shared=shared)
@@ -247,11 +249,11 @@ class EsophagusPredictor:
         """Labels and Grad-CAM (renormalised to 0–1) back on the input's grid."""
         record = seg.full.record
         with timer.step("restore"):
-            restored = Preprocessor.restore_labels(seg.labels, record)
+            restored = Preprocessor.restore_labels(seg.labels, record, device=str(seg.device))
             label_image = Preprocessor.to_image(restored, record)
             cam_image = None
             if cam_grid is not None:
-                cam = np.clip(Preprocessor.restore_map(cam_grid, record), 0.0, 1.0)
+                cam = np.clip(Preprocessor.restore_map(cam_grid, record, device=str(seg.device)), 0.0, 1.0)
                 peak = float(cam.max())
                 cam = (cam / peak if peak > 0 else cam).astype(np.float32)
                 cam_image = Preprocessor.to_image(cam, record)
