@@ -45,6 +45,7 @@ from engine.tasks.npc.options import ARCHITECTURE, NETWORK, NpcTrainOptions
 from engine.training.callbacks import read_history
 from engine.training.checkpoint import load_model_weights
 from engine.training.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from engine.training.distributed import detect_torchrun
 from engine.training.trainer import Callback, Trainer
 from engine.utils.device import describe_device, select_device
 
@@ -284,12 +285,13 @@ def _relative_path(path: str | Path) -> str:
 def train(dataset: str | Path, out_dir: str | Path, options: NpcTrainOptions | None = None,
           plan: Plan | str | Path | None = None, spacing: Sequence[float] | None = None,
           callbacks: Sequence[Callback] = (), cancel: Callable[[], bool] | None = None, overwrite: bool = False,
-          command: str | None = None, resume: bool = False, weights_dtype: str | None = None) -> ModelBundle:
+          command: str | None = None, resume: bool = False, weights_dtype: str | None = None) -> ModelBundle | None:
     """Train the NPC network on a staged MRI dataset and write the model bundle to ``out_dir`` (atomically).
 
     Checkpoints wait in the hidden ``.<out_dir>.work`` folder beside it so ``resume=True`` continues a
     stopped run from its last complete epoch (same options required). ``spacing`` (z, y, x mm) replaces
-    the paper's 6 × 0.4688 × 0.4688 mm, e.g. the data's own spacing for a CPU training.
+    the paper's 6 × 0.4688 × 0.4688 mm, e.g. the data's own spacing for a CPU training. Under ``torchrun``
+    (DDP) every rank trains and the first writes the bundle; the others return None.
     """
     options = options or NpcTrainOptions()
     out = Path(out_dir).expanduser().absolute()
@@ -301,6 +303,9 @@ def train(dataset: str | Path, out_dir: str | Path, options: NpcTrainOptions | N
     record_run(work, record, resume)
     model = run.fit(*run.prepare())
     check_cancel(cancel)
+    torchrun = detect_torchrun()
+    if torchrun is not None and torchrun.rank != 0:
+        return None  # under torchrun every rank trains; the first one alone writes the bundle
     training = run.training_record(dataset, command)
     architecture = {"name": ARCHITECTURE, "network": model.network.config.to_dict(), "variant": options.variant,
                     "learned_loss_weights": options.learned_weights}
