@@ -222,3 +222,21 @@ def test_the_device_line_comes_from_the_probe_process(panel_of, toy):
     while widget._deviceProbe is not None:
         widget.onPoll()
     assert ui.deviceInfoLabel.text == "CPU only (PyTorch 2.0, no CUDA GPU found)"
+
+
+def test_a_stage_outside_the_models_domain_is_shown_marked_unreliable(panel_of, toy, volume, tmp_path,
+                                                                      monkeypatch):
+    from OncoStagingCommon.logic import RunOutcome
+
+    widget, ui, errors = panel_of(toy_panel("toy"))
+    run(widget, ui, volume, save_model(toy, tmp_path))
+    found = widget.logic.results_for(volume)
+    assert found.stage_reliable and ui.stageLabel.text == "high"
+    outcome = RunOutcome(found.nodes, {**found.report, "stage_reliable": False,
+                                       "warnings": ["Outside the model's training data — field of view …"]})
+    monkeypatch.setattr(widget.logic, "results_for", lambda volume: outcome)
+    widget.showResults()
+    assert ui.stageLabel.text == "high (unreliable)" and outcome.stage_text == "high (unreliable)"
+    assert "color" in ui.stageLabel.setStyleSheet.call_args[0][0]
+    assert ui.warningsLabel.text.startswith("⚠ Outside the model's training data")
+    assert errors == []
