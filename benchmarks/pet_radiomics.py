@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, str(REPO))
 
-from engine.data.dataset import Case, RawDataset  # noqa: E402
-from engine.metrics.classification import delong_ci  # noqa: E402
-from engine.metrics.statistics import delong_roc_variance, delong_test  # noqa: E402
+from engine.data.dataset import Case, RawDataset
+from engine.metrics.classification import delong_ci
+from engine.metrics.statistics import delong_roc_variance, delong_test
 
 log = logging.getLogger("pet_radiomics")
 MIRP_FAMILIES = ["morphology", "statistics", "intensity_histogram", "glcm", "glszm"]
@@ -128,7 +128,7 @@ def classifier() -> Any:
 
 def auc_with_ci(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     auc, var = delong_roc_variance(y, p)
-    return {"auc": auc, "ci95": list(delong_ci(auc, var)), "n": int(len(y)), "n_poor": int(y.sum())}
+    return {"auc": auc, "ci95": list(delong_ci(auc, var)), "n": len(y), "n_poor": int(y.sum())}
 
 
 def cross_validated(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
@@ -162,16 +162,16 @@ def markdown(result: dict[str, Any]) -> str:
         return f"{entry['auc']:.3f} ({entry['ci95'][0]:.3f}–{entry['ci95'][1]:.3f})"
 
     lines = ["| method | features | outcome AUC (95 % CI) |", "|---|---|---|",
-             f"| radiomics + logistic regression, {FOLDS}-fold CV on the training phantoms "
+             (f"| radiomics + logistic regression, {FOLDS}-fold CV on the training phantoms "
              f"(n = {result['cross_validation']['n']}) | {result['n_features']} {result['features']} | "
-             f"{cell(result['cross_validation'])} |",
-             f"| radiomics + logistic regression, test phantoms (n = {result['test']['n']}) | "
-             f"{result['n_features']} {result['features']} | {cell(result['test'])} |"]
+             f"{cell(result['cross_validation'])} |"),
+             (f"| radiomics + logistic regression, test phantoms (n = {result['test']['n']}) | "
+             f"{result['n_features']} {result['features']} | {cell(result['test'])} |")]
     if "network" in result:
         net, d = result["network"], result["delong"]
         lines.append(f"| multi-task network, test phantoms (n = {net['n']}) | learned | {cell(net)} |")
-        lines += ["", f"Network − radiomics on the test phantoms: {d['auc_difference']:+.3f} "
-                      f"(DeLong z = {d['z']:.2f}, p = {d['p_value']:.3g})."]
+        lines += ["", (f"Network − radiomics on the test phantoms: {d['auc_difference']:+.3f} "
+                      f"(DeLong z = {d['z']:.2f}, p = {d['p_value']:.3g}).")]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +187,7 @@ def run(train: Path, test: Path, out: Path, kind: str, max_train: int | None, se
     model = classifier().fit(x_train, y_train)
     p_test = model.predict_proba(x_test)[:, 1]
     result: dict[str, Any] = {"features": "MIRP IBSI" if kind == "mirp" else "NumPy IBSI first-order + shape",
-                              "n_features": len(names), "train": str(train), "test": str(test),
+                              "n_features": len(names), "train_dataset": str(train), "test_dataset": str(test),
                               "cross_validation": auc_with_ci(y_train, cross_validated(x_train, y_train, seed)),
                               "test": auc_with_ci(y_test, p_test)}
     if network_cases is not None:

@@ -13,15 +13,14 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed; install the 'slicer' extra")
 
-import slicer.util  # noqa: E402
+import slicer.util
+from fakes import FakeEngine, save_model
+from OncoStagingCommon.logic import RunOptions
+from OncoStagingCommon.pet import PET_OWNER, UPTAKE_ROWS, PetOutcomeLogic, is_pet_volume, suggest_pet_volume
+from OncoStagingCommon.process import JobState
 
-from engine.tasks import get_task  # noqa: E402
-from OncoStagingCommon import results  # noqa: E402
-from OncoStagingCommon.logic import RunOptions  # noqa: E402
-from OncoStagingCommon.pet import (PET_OWNER, UPTAKE_ROWS, PetOutcomeLogic, is_pet_volume,  # noqa: E402
-                                   suggest_pet_volume)
-from OncoStagingCommon.process import JobState  # noqa: E402
-from fakes import FakeEngine, save_model  # noqa: E402
+from engine.tasks import get_task
+from OncoStagingCommon import results
 
 UPTAKE = {"suv_max": 12.5, "suv_mean": 6.25, "suv_peak": 10.0, "mtv_ml": 8.0, "tlg": 50.0}
 
@@ -71,7 +70,7 @@ def _run(headless, tmp_path, volume=None, **options):
 
 
 def test_run_shows_segmentation_suv_table_probabilities_and_gradcam(headless, tmp_path):
-    logic, engine, volume, outcome = _run(headless, tmp_path)
+    _logic, engine, volume, outcome = _run(headless, tmp_path)
     assert engine.commands[0][:3] == ["run", "--task", "pet"]
     segmentation = outcome.run.nodes.segmentation.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["tumour"]

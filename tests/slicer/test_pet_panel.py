@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("slicer", reason="slicer-core is not installed; install the 'slicer' extra")
 
-import slicer  # noqa: E402
-import slicer.util  # noqa: E402
+import slicer
+import slicer.util
+from fakes import save_model
+from test_pet_logic import FakePetEngine, _volume
 
-from engine.tasks import get_task  # noqa: E402
-from fakes import save_model  # noqa: E402
-from test_pet_logic import FakePetEngine, _volume  # noqa: E402
+from engine.tasks import get_task
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def panel(headless, monkeypatch, tmp_path):
             getattr(module, widget).side_effect = lambda *args, _w=widget: mock.MagicMock(name=_w)
         monkeypatch.setitem(sys.modules, name, module)
     for qt_class in ("qMRMLNodeComboBox", "qMRMLTableView"):
-        monkeypatch.setattr(slicer, qt_class, lambda: mock.MagicMock(name=qt_class), raising=False)
+        monkeypatch.setattr(slicer, qt_class, lambda _name=qt_class: mock.MagicMock(name=_name), raising=False)
     monkeypatch.delitem(sys.modules, "OncoStagingCommon.pet_panel", raising=False)
     errors: list[str] = []
     monkeypatch.setattr(slicer.util, "errorDisplay", errors.append)

@@ -11,7 +11,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.tasks.base import CancelFn, FieldOfView, Label, PlanDefaults, ProgressFn, Task, check_tta, neoplasm
+from engine.tasks.base import (
+    CancelFn,
+    FieldOfView,
+    Label,
+    PlanDefaults,
+    ProgressFn,
+    Task,
+    check_tta,
+    neoplasm,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.pipelines.case import RunResult

@@ -9,8 +9,8 @@ is not tumour (heart, nodes, blood pool). Only tumour-centred crops carry the ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

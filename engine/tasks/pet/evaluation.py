@@ -57,7 +57,7 @@ def proportion(successes: int, n: int) -> dict[str, Any]:
 def outcome_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """AUC (DeLong CI), accuracy, sensitivity (poor outcome found) and specificity at ``threshold``."""
     pred = p >= threshold
-    out: dict[str, Any] = {"n": int(len(y)), "n_poor": int(y.sum()), "threshold": threshold,
+    out: dict[str, Any] = {"n": len(y), "n_poor": int(y.sum()), "threshold": threshold,
                            "accuracy": proportion(int((pred == y.astype(bool)).sum()), len(y)),
                            "sensitivity": proportion(int((pred & (y == 1)).sum()), int((y == 1).sum())),
                            "specificity": proportion(int((~pred & (y == 0)).sum()), int((y == 0).sum()))}
@@ -204,8 +204,8 @@ def _ci(entry: dict[str, Any] | None) -> str:
 
 def markdown(m: dict[str, Any]) -> str:
     o = m["outcome"]
-    lines = [f"# PET outcome evaluation: {m['model']}", "", f"Dataset `{m['dataset']}`, {m['cases']} cases "
-             f"({o['n_poor']} with a poor outcome).", "", "| measure | value (95 % CI) |", "|---|---|",
+    lines = [f"# PET outcome evaluation: {m['model']}", "", (f"Dataset `{m['dataset']}`, {m['cases']} cases "
+             f"({o['n_poor']} with a poor outcome)."), "", "| measure | value (95 % CI) |", "|---|---|",
              f"| outcome AUC (DeLong) | {_ci(o['auc'])} |", f"| outcome accuracy | {_ci(o['accuracy'])} |",
              f"| sensitivity (poor outcome) | {_ci(o['sensitivity'])} |", f"| specificity | {_ci(o['specificity'])} |",
              f"| pathology accuracy | {_ci(m['pathology_accuracy'])} |"]
@@ -215,8 +215,8 @@ def markdown(m: dict[str, Any]) -> str:
     if "comparison" in m:
         c = m["comparison"]["delong"]
         lines += ["", f"## Against {m['compared_model']}", "",
-                  f"Outcome AUC {c['auc_a']:.3f} vs {c['auc_b']:.3f} (difference {c['auc_difference']:+.3f}, "
-                  f"DeLong z = {c['z']:.2f}, p = {c['p_value']:.3g})."]
+                  (f"Outcome AUC {c['auc_a']:.3f} vs {c['auc_b']:.3f} (difference {c['auc_difference']:+.3f}, "
+                  f"DeLong z = {c['z']:.2f}, p = {c['p_value']:.3g}).")]
     lines += ["", "## Calibration", "", "| predicted bin | cases | mean predicted | observed |", "|---|---|---|---|"]
     lines += [f"| {r['bin']} | {r['n']} | {r['mean_predicted']:.2f} | {r['observed']:.2f} |" for r in m["calibration"]]
     return "\n".join(lines) + "\n"

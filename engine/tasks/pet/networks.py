@@ -45,7 +45,7 @@ class PetNetworkSpec:
         return {**asdict(self), "crop_size": list(self.crop_size)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PetNetworkSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PetNetworkSpec:
         return cls(**{**d, "crop_size": tuple(int(s) for s in d["crop_size"])})
 
     @property

@@ -25,7 +25,7 @@ from engine.tasks.base import CancelFn, ProgressFn
 from engine.tasks.pet.gradcam import multi_scale_grad_cam
 from engine.tasks.pet.networks import DEPTH, MULTI_SCALE_LEVELS, PetMultiTaskNet, build_network
 from engine.tasks.pet.options import NETWORK, OUTCOMES, PATHOLOGIES
-from engine.tasks.pet.preprocessing import PreparedVolume, box_start, crop, mask_centre, prepare
+from engine.tasks.pet.preprocessing import box_start, crop, mask_centre, prepare
 from engine.tasks.pet.uptake import uptake_figures
 from engine.utils.device import describe_device, select_device
 
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 INFERENCE_STEPS = ("preprocess", "segmentation", "outcome", "restore")
 #: Volumes up to this many voxels (2 mm grid) are segmented in one pass; larger ones in windows.
 WHOLE_VOLUME_VOXELS = 6_000_000
-NO_TUMOUR_WARNING = ("No tumour was found (no voxel reached probability 0.5); the outcome and pathology were "
-                     "predicted on a crop centred on the most likely voxel and are unreliable.")
+NO_TUMOUR_WARNING = ("No tumour was found (no voxel reached the model's tumour threshold); the outcome and "
+                     "pathology were predicted on a crop centred on the most likely voxel and are unreliable.")
 
 
 @dataclass
@@ -58,6 +58,23 @@ class PetPrediction(Prediction):
                 "gradcam_levels": self.gradcam_levels, "suv_conversion": self.suv_conversion}
 
 
+@torch.no_grad()
+def whole_volume_probability(net: PetMultiTaskNet, suv: np.ndarray, device: torch.device) -> np.ndarray:
+    """Tumour probability on the 2 mm grid: one pass padded to the network's stride, or windows."""
+    if net.segmentation is None:
+        return np.zeros(suv.shape, dtype=np.float32)
+    x = torch.from_numpy(suv / net.spec.suv_scale).float()[None, None].to(device)
+    if suv.size > WHOLE_VOLUME_VOXELS:
+        window = [2 * s for s in net.spec.crop_size]
+        logits = sliding_window_inference(x, window, 1, net.segment, overlap=0.25, mode="gaussian")
+    else:
+        stride = 2 ** (DEPTH - 1)
+        pad = [(-n) % stride for n in suv.shape]
+        padded = torch.nn.functional.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+        logits = net.segment(padded)[..., :suv.shape[0], :suv.shape[1], :suv.shape[2]]
+    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a binary mask (the one tumour the task describes)."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
@@ -78,26 +95,15 @@ class PetPredictor:
         self.net.to(self.device).eval()
         self.spec = self.net.spec
         self.plan = dict(bundle.plan)  # the task's own geometry (2 mm, crop), not a segmentation Plan
+        #: the operating point chosen on the validation cases (:mod:`engine.tasks.pet.threshold`)
+        self.threshold = float(self.plan.get("segmentation_threshold", 0.5))
         self.pathologies = list(bundle.plan.get("pathologies", PATHOLOGIES))
 
     def _input(self, suv: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(suv / self.spec.suv_scale).float()[None, None].to(self.device)
 
-    @torch.no_grad()
-    def tumour_probability(self, suv: np.ndarray, cancel: CancelFn | None = None) -> np.ndarray:
-        """Tumour probability on the 2 mm grid: one pass padded to the network's stride, or windows."""
-        if self.net.segmentation is None:
-            return np.zeros(suv.shape, dtype=np.float32)
-        x = self._input(suv)
-        if suv.size > WHOLE_VOLUME_VOXELS:
-            window = [2 * s for s in self.spec.crop_size]
-            logits = sliding_window_inference(x, window, 1, self.net.segment, overlap=0.25, mode="gaussian")
-        else:
-            stride = 2 ** (DEPTH - 1)
-            pad = [(-n) % stride for n in suv.shape]
-            padded = torch.nn.functional.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
-            logits = self.net.segment(padded)[..., :suv.shape[0], :suv.shape[1], :suv.shape[2]]
-        return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+    def tumour_probability(self, suv: np.ndarray) -> np.ndarray:
+        return whole_volume_probability(self.net, suv, self.device)
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,
                 cancel: CancelFn | None = None, **options: Any) -> PetPrediction:
@@ -106,8 +112,8 @@ class PetPredictor:
         with timer.step("preprocess"):
             prepared = prepare(image)
         with timer.step("segmentation"):
-            probability = self.tumour_probability(prepared.suv, cancel)
-            tumour = largest_component(probability >= 0.5)
+            probability = self.tumour_probability(prepared.suv)
+            tumour = largest_component(probability >= self.threshold)
             centre = mask_centre(tumour)
             if centre is None:
                 warnings.append(NO_TUMOUR_WARNING)

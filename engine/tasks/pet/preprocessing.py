@@ -7,8 +7,8 @@ overshoot SUVmax at a hot rim); the uptake figures of the report are measured on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def prepare(image: Image) -> PreparedVolume:
 
 def box_start(centre: Sequence[float], size: Sequence[int]) -> tuple[int, int, int]:
     """First voxel of a box of ``size`` centred on ``centre`` (may lie outside the volume)."""
-    return tuple(int(round(float(c) - s / 2.0)) for c, s in zip(centre, size))  # type: ignore[return-value]
+    return tuple(round(float(c) - s / 2.0) for c, s in zip(centre, size))  # type: ignore[return-value]
 
 
 def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0.0) -> np.ndarray:

@@ -13,8 +13,9 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,16 @@ from sklearn.model_selection import train_test_split
 
 from engine.data.dataset import RawDataset
 from engine.errors import Cancelled, TrainingError
-from engine.pipelines.training_run import (CANCELLED_MESSAGE, PhaseTaggedCallbacks, check_resume, command_line,
-                                           epoch_metrics, record_run, run_record, work_dir)
+from engine.pipelines.training_run import (
+    CANCELLED_MESSAGE,
+    PhaseTaggedCallbacks,
+    check_resume,
+    command_line,
+    epoch_metrics,
+    record_run,
+    run_record,
+    work_dir,
+)
 from engine.registry import HALF_PRECISION_STORAGE, ModelBundle, save_bundle
 from engine.registry.bundle import check_bundle_target
 from engine.tasks.pet import TASK
@@ -128,7 +137,7 @@ class PetTrainingTask:
 
 def split_cases(cases: list[PetCase], fraction: float, seed: int) -> tuple[list[PetCase], list[PetCase]]:
     """Training and validation cases, stratified by outcome (no validation for a fraction of 0)."""
-    n_val = int(round(fraction * len(cases)))
+    n_val = round(fraction * len(cases))
     if n_val < 4:
         return cases, []
     strata = [c.outcome for c in cases]
@@ -202,19 +211,39 @@ def train(dataset: str | Path, out_dir: str | Path, options: PetTrainOptions | N
     log.info("Training the PET %s network on %d cases, validating on %d; device %s", options.variant,
              len(train_cases), len(val_cases), describe_device(select_device(options.device)))
     metrics = {"network": fit(net, options, train_cases, val_cases, work, callbacks, budget, resume)}
-    bundle = write_bundle(net.eval(), out, options, ds, str(dataset), metrics, len(train_cases), len(val_cases),
-                          command, overwrite)
+    threshold = segmentation_threshold(net.eval(), ds, val_cases, options, metrics["network"])
+    bundle = write_bundle(net, out, options, ds, str(dataset), metrics, len(train_cases), len(val_cases),
+                          command, overwrite, threshold)
     shutil.rmtree(work, ignore_errors=True)
     return bundle
 
 
+def segmentation_threshold(net: PetMultiTaskNet, ds: RawDataset, val: list[PetCase], options: PetTrainOptions,
+                           metrics: dict[str, Any]) -> float:
+    """The tumour threshold with the best whole-volume Dice on the validation cases (0.5 without them)."""
+    from engine.tasks.pet.predictor import whole_volume_probability
+    from engine.tasks.pet.threshold import choose_threshold, threshold_scores
+
+    if not val:
+        return 0.5
+    device = select_device(options.device)
+    net.to(device)
+    ids = {c.case_id for c in val}
+    scores = threshold_scores(lambda suv: whole_volume_probability(net, suv, device),
+                              [c for c in ds.training if c.case_id in ids])
+    metrics["val_whole_volume_dice"] = {f"{t:g}": round(v, 4) for t, v in scores.items()}
+    chosen = choose_threshold(scores)
+    log.info("Tumour threshold %g (whole-volume validation Dice %.3f).", chosen, scores[chosen])
+    return chosen
+
+
 def write_bundle(net: PetMultiTaskNet, out: Path, options: PetTrainOptions, ds: RawDataset, dataset_path: str,
                  metrics: dict[str, Any], n_train: int, n_val: int, command: str | None,
-                 overwrite: bool) -> ModelBundle:
+                 overwrite: bool, threshold: float = 0.5) -> ModelBundle:
     """The bundle: the plan the predictor needs, the network's architecture, the training record, card."""
     plan = {"orientation": ORIENTATION, "target_spacing": list(TARGET_SPACING), "crop_size": [options.crop_size] * 3,
             "labels": dict(TASK.label_map), "pathologies": list(PATHOLOGIES), "outcomes": list(OUTCOMES),
-            "suv_scale": net.spec.suv_scale, "units": "SUV (body weight)"}
+            "suv_scale": net.spec.suv_scale, "units": "SUV (body weight)", "segmentation_threshold": threshold}
     architecture = {"name": ARCHITECTURE, "variant": options.variant, "network": net.spec.to_dict(),
                     "loss_weights": {"alpha_reconstruction": options.recon_weight, "beta_segmentation": options.seg_weight,
                                      "omega_pathology": options.class_weight, "lambda_outcome": options.outcome_weight}}

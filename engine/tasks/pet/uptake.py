@@ -7,8 +7,8 @@ centred on a tumour voxel. MTV is the segmented volume in ml and TLG = SUVmean Ã
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -33,7 +33,7 @@ class UptakeFigures:
 
 def sphere_kernel(spacing: Sequence[float], radius_mm: float = PEAK_SPHERE_RADIUS_MM) -> np.ndarray:
     """Normalised spherical averaging kernel on a grid of ``spacing`` (z, y, x) mm (at least the centre voxel)."""
-    half = [max(int(math.floor(radius_mm / s)), 0) for s in spacing]
+    half = [max(math.floor(radius_mm / s), 0) for s in spacing]
     axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing)]
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")
     kernel = ((zz ** 2 + yy ** 2 + xx ** 2) <= radius_mm ** 2).astype(np.float64)

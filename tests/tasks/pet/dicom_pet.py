@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 pydicom = __import__("pytest").importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
 #: A typical FDG study: 70 kg, 350 MBq injected at 10:00:00, series starting at 11:00:00.
 WEIGHT_KG = 70.0

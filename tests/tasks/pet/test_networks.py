@@ -11,8 +11,14 @@ import torch
 from engine.explain.gradcam import grad_cam
 from engine.tasks.pet.gradcam import multi_scale_grad_cam
 from engine.tasks.pet.losses import LossWeights, MultiTaskLoss
-from engine.tasks.pet.networks import (MULTI_SCALE_LEVELS, N_STATISTICS, PetMultiTaskNet, PetNetworkSpec, PetOutputs,
-                                       tumour_statistics)
+from engine.tasks.pet.networks import (
+    MULTI_SCALE_LEVELS,
+    N_STATISTICS,
+    PetMultiTaskNet,
+    PetNetworkSpec,
+    PetOutputs,
+    tumour_statistics,
+)
 
 CROP = (32, 32, 32)
 
