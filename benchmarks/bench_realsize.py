@@ -68,7 +68,7 @@ def run_ours(source: Path, out: Path, model: Path, device: str, options: list[st
     command = [sys.executable, "-m", "engine", "run", "--task", "esophagus", "--input", str(source), "--out",
                str(out), "--model", str(model), "--device", device, "--overwrite", "--profile", *options]
     t0 = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
@@ -85,8 +85,8 @@ def baseline_once(source: Path, model: Path, device_name: str, downsize: int, ti
     """The nnU-Net-default baseline on ``source`` in this process (called in a child process)."""
     import numpy as np
     import torch
-
     from bench_esophagus import baseline_predict, build_baseline
+
     from engine.io.image import Image, read_image
     from engine.planning.planner import Plan
     from engine.preprocessing.resample import resample_to_grid, resampled_shape
@@ -116,7 +116,7 @@ def baseline_once(source: Path, model: Path, device_name: str, downsize: int, ti
 def run_baseline(source: Path, model: Path, device: str, downsize: int, tiny: bool) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--baseline-only", str(source), "--model", str(model),
                "--device", device, "--baseline-downsize", str(downsize)] + (["--tiny-baseline"] if tiny else [])
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"baseline failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

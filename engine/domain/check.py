@@ -12,8 +12,9 @@ training cases is not flagged, a whole-body CT given to a model of 19-cm phantom
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -146,7 +147,7 @@ def tumour_away_from_organ(labels: np.ndarray, spacing: Sequence[float], tumour:
     return float(distance[near == tumour].min()) > gap_mm
 
 
-def check_run(task: "Task", bundle: "ModelBundle", image: Image, prediction: "Prediction") -> DomainCheck:
+def check_run(task: Task, bundle: ModelBundle, image: Image, prediction: Prediction) -> DomainCheck:
     """The domain check of one Segment & Stage run (the prediction is in the input's geometry)."""
     profile = bundle_profile(bundle)
     check = DomainCheck(profile)
@@ -165,7 +166,7 @@ def check_run(task: "Task", bundle: "ModelBundle", image: Image, prediction: "Pr
     return check
 
 
-def apply_domain_check(task: "Task", bundle: "ModelBundle", image: Image, prediction: "Prediction") -> DomainCheck:
+def apply_domain_check(task: Task, bundle: ModelBundle, image: Image, prediction: Prediction) -> DomainCheck:
     """Check the run and put the outcome on the prediction: warnings first, the report field, and the
     stage marked unreliable when anything is outside."""
     check = check_run(task, bundle, image, prediction)

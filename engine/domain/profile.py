@@ -12,8 +12,9 @@ canonical orientation, so a scan stored in another voxel order compares the same
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class DomainProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DomainProfile":
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainProfile:
         known = {f for f in cls.__dataclass_fields__}  # newer profiles may add fields: keep the known ones
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -73,8 +73,8 @@ def cascade_region(low_labels: np.ndarray, full_shape: Sequence[int], full_spaci
     for (lo, hi), n_low, n_full, spacing, margin, patch in zip(bounds, low_labels.shape, shape,
                                                                 full_spacing, margin_mm, patch_size):
         scale = n_full / n_low
-        core = [max(0, int(math.floor(lo * scale))), min(n_full, int(math.ceil(hi * scale)))]
-        grow = int(math.ceil(margin / spacing))
+        core = [max(0, math.floor(lo * scale)), min(n_full, math.ceil(hi * scale))]
+        grow = math.ceil(margin / spacing)
         reach = [max(0, core[0] - grow), min(n_full, core[1] + grow)]
         box.append(_window_span(core, reach, n_full, int(patch), overlap))
     return CascadeRegion(box, shape)

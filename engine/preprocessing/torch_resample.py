@@ -12,7 +12,7 @@ edge take the edge value, as SimpleITK's nearest-neighbour extrapolator does.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ def _bspline_prefilter(x: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return x.clone()
     x = x * 6.0
-    horizon = min(n, int(math.ceil(math.log(1e-7) / math.log(abs(_POLE)))))
+    horizon = min(n, math.ceil(math.log(1e-7) / math.log(abs(_POLE))))
     powers = _POLE ** torch.arange(horizon, dtype=x.dtype, device=x.device)
     causal = torch.empty_like(x)
     causal[0] = torch.tensordot(powers, x[:horizon], dims=1)

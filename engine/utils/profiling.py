@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def peak_memory_mb() -> dict[str, float]:

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from engine.domain import DomainProfile, build_profile, is_phantom_dataset
-from engine.domain.check import (DomainCheck, apply_domain_check, input_findings, tumour_away_from_organ,
-                                 volume_findings)
+from engine.domain.check import (
+    DomainCheck,
+    apply_domain_check,
+    input_findings,
+    tumour_away_from_organ,
+    volume_findings,
+)
 from engine.io.image import Image
 from engine.pipelines.case import Prediction
 
@@ -44,7 +49,7 @@ def test_profile_ranges_cover_every_case_and_survive_model_json(profile):
 
 
 def test_a_case_like_the_training_ones_has_no_finding(profile):
-    image, lab = _case(9, tumour=4)
+    image, _ = _case(9, tumour=4)
     assert input_findings(profile, image) == []
     assert volume_findings(profile, {"EC": 64 * 0.012, "esophagus": 360 * 0.012}) == []
 
@@ -79,7 +84,7 @@ def test_outcome_puts_warnings_first_and_marks_the_stage_unreliable(profile, mon
     from engine.domain import check as check_module
     from engine.tasks import get_task
 
-    image, lab = _case(1, shape=(40, 120, 120), spacing=(3.0, 0.9, 0.9))
+    image, _ = _case(1, shape=(40, 120, 120), spacing=(3.0, 0.9, 0.9))
     prediction = Prediction(Image(np.zeros(image.shape, np.uint8), image.spacing), volumes_cm3={"EC": 1.0},
                             stage_probabilities={"T1": 1.0}, predicted_stage="T1", warnings=["earlier"])
     monkeypatch.setattr(check_module, "bundle_profile", lambda bundle: profile)

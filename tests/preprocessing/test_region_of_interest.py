@@ -53,7 +53,7 @@ def test_region_holds_the_whole_grids_voxels():
 
 
 def test_region_prediction_restores_like_the_whole_grids():
-    image, label = _oblique_ct()
+    image, _ = _oblique_ct()
     pre = Preprocessor(_plan())
     whole, part = pre(image), pre(image, roi=ROI)
     grid = np.zeros(whole.record.resampled_shape, np.uint8)
