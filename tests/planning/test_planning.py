@@ -148,3 +148,15 @@ def test_plan_on_real_openkbp_ct(tmp_path):
     assert plan.krt_box_size is None          # organs only: no tumour label
     assert plan.stage_loss_weights is None
     assert fp.class_fractions["background"] > 0.9
+
+
+def test_cascade_plan_records_the_full_resolution_region_margin(blob_dataset):
+    from engine.planning.planner import roi_margin_mm
+
+    plan = make_plan(extract_fingerprint(RawDataset.load(blob_dataset)), "esophagus")
+    full, low = plan.configuration("3d_fullres"), plan.configuration("3d_lowres")
+    half_box = [b / 2 * s for b, s in zip(plan.krt_box_size, full.spacing)]
+    # half the KRT box (it covers the largest tumour) plus one low-resolution voxel
+    assert plan.roi_margin_mm == pytest.approx([h + s for h, s in zip(half_box, low.spacing)])
+    older = Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "roi_margin_mm"})
+    assert older.roi_margin_mm is None and roi_margin_mm(older) == pytest.approx(plan.roi_margin_mm)
