@@ -165,8 +165,9 @@ def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | Model
 
 
 def _name(predictor: NpcPredictor) -> str:
+    """How reports name a model: id, version, variant and its folder (two copies of one id stay apart)."""
     b = predictor.bundle
-    return f"{b.id} {b.version} ({b.architecture.get('variant')})"
+    return f"{b.id} {b.version} ({b.architecture.get('variant')}, {b.path.name})"
 
 
 def _report(predictor: NpcPredictor, ds: RawDataset, dataset: str | Path, out_dir: str | Path,

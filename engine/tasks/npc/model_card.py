@@ -48,7 +48,7 @@ def model_card(options: NpcTrainOptions, description: DatasetDescription, metric
     weights = metrics.get("loss_weights") or {}
     split = (f"{len(data.get('train_cases', []))} training and {len(data.get('val_cases', []))} validation cases "
              f"(fold {options.fold} of {options.folds}, stratified by stage).")
-    phantoms = " Trained on synthetic phantoms: it has never seen a real MRI." if demo else ""
+    phantoms = " It has never seen a real MRI." if demo else ""
     spacing = " × ".join(format_number(s, ".4g") for s in config.spacing)
     crop = " × ".join(str(n) for n in config.patch_size)
     lines = [
