@@ -12,7 +12,7 @@ computed here with NumPy (:func:`numpy_features`). A standardised L2-regularised
 compared with DeLong's test.
 
     python benchmarks/pet_radiomics.py --train TRAIN_DATASET --test TEST_DATASET --out DIR
-        [--max-train 120] [--features mirp|numpy] [--network-cases EVAL_DIR/cases.csv]
+        [--max-train 120] [--features mirp|numpy] [--network-cases EVAL_DIR/cases.csv] [--reuse-features]
 
 Writes ``DIR/features_{train,test}.csv``, ``DIR/pet_radiomics.json`` and ``DIR/pet_radiomics.md``.
 """
@@ -150,6 +150,15 @@ def network_probabilities(path: Path, ids: Sequence[str]) -> np.ndarray:
     return np.array([by_id[i] for i in ids])
 
 
+def read_features(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Case ids, feature names, matrix and outcomes of a features CSV this script wrote."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    names = rows[0][2:]
+    return ([r[0] for r in rows[1:]], names, np.array([[float(v) for v in r[2:]] for r in rows[1:]]),
+            np.array([int(r[1]) for r in rows[1:]]))
+
+
 def write_features(path: Path, ids: Sequence[str], names: Sequence[str], x: np.ndarray, y: np.ndarray) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -175,15 +184,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(train: Path, test: Path, out: Path, kind: str, max_train: int | None, seed: int,
-        network_cases: Path | None) -> dict[str, Any]:
+def features(train: Path, test: Path, out: Path, kind: str, max_train: int | None,
+             reuse: bool) -> tuple[list[str], np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Feature names, training matrix and outcomes, test ids, matrix and outcomes (computed, or read back)."""
+    if reuse and (out / "features_train.csv").is_file() and (out / "features_test.csv").is_file():
+        _, names, x_train, y_train = read_features(out / "features_train.csv")
+        test_ids, _, x_test, y_test = read_features(out / "features_test.csv")
+        return names, x_train, y_train, test_ids, x_test, y_test
     train_cases = [c for c in RawDataset.load(train).training if c.targets.outcome in (0, 1)][:max_train]
     test_cases = [c for c in RawDataset.load(test).training if c.targets.outcome in (0, 1)]
     names, x_train, y_train = feature_table(train_cases, kind)
     _, x_test, y_test = feature_table(test_cases, kind, names)
     out.mkdir(parents=True, exist_ok=True)
     write_features(out / "features_train.csv", [c.case_id for c in train_cases], names, x_train, y_train)
-    write_features(out / "features_test.csv", [c.case_id for c in test_cases], names, x_test, y_test)
+    test_ids = [c.case_id for c in test_cases]
+    write_features(out / "features_test.csv", test_ids, names, x_test, y_test)
+    return names, x_train, y_train, test_ids, x_test, y_test
+
+
+def run(train: Path, test: Path, out: Path, kind: str, max_train: int | None, seed: int,
+        network_cases: Path | None, reuse: bool = False) -> dict[str, Any]:
+    names, x_train, y_train, test_ids, x_test, y_test = features(train, test, out, kind, max_train, reuse)
     model = classifier().fit(x_train, y_train)
     p_test = model.predict_proba(x_test)[:, 1]
     result: dict[str, Any] = {"features": "MIRP IBSI" if kind == "mirp" else "NumPy IBSI first-order + shape",
@@ -191,7 +212,7 @@ def run(train: Path, test: Path, out: Path, kind: str, max_train: int | None, se
                               "cross_validation": auc_with_ci(y_train, cross_validated(x_train, y_train, seed)),
                               "test": auc_with_ci(y_test, p_test)}
     if network_cases is not None:
-        p_net = network_probabilities(network_cases, [c.case_id for c in test_cases])
+        p_net = network_probabilities(network_cases, test_ids)
         result["network"] = auc_with_ci(y_test, p_net)
         result["delong"] = {k: v for k, v in vars(delong_test(y_test, p_net, p_test)).items()}
     (out / "pet_radiomics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -208,6 +229,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="MIRP's IBSI features (default when mirp is installed) or the NumPy first-order + shape set")
     p.add_argument("--max-train", type=int, help="use only the first N training cases (feature extraction is slow)")
     p.add_argument("--network-cases", type=Path, help="cases.csv of 'engine evaluate --task pet' on the test set")
+    p.add_argument("--reuse-features", action="store_true",
+                   help="read the features an earlier run wrote into --out instead of computing them again")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.features == "mirp" and not have_mirp():
@@ -218,7 +241,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    result = run(args.train, args.test, args.out, args.features, args.max_train, args.seed, args.network_cases)
+    result = run(args.train, args.test, args.out, args.features, args.max_train, args.seed, args.network_cases,
+                 args.reuse_features)
     print(markdown(result), end="")
     return 0
 
