@@ -160,13 +160,18 @@ class NpcNetwork(nn.Module):
         x = r.maxpool(r.act(r.bn1(r.conv1(x))))
         return r.layer4(r.layer3(r.layer2(r.layer1(x))))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The input padded to the U-Net's stride, its GTV logits on that grid and the deepest features."""
         size = image.shape[2:]
         pad = [p - n for p, n in zip(self.config.padded_size, size)]
         if any(p < 0 for p in pad):
             raise ValueError(f"input {tuple(size)} is larger than the network's patch {self.config.patch_size}")
         x = nn.functional.pad(image, [a for p in reversed(pad) for a in (0, p)])
         seg_logits, deep = self.segmentation(x)
+        return x, seg_logits, deep
+
+    def stage_logits(self, x: torch.Tensor, seg_logits: torch.Tensor, deep: list[torch.Tensor]) -> torch.Tensor:
+        """T-stage logits of the padded input given the segmentation's outputs."""
         # the probability map gates the stage input as a mask without a gradient: through the gate the
         # classification loss drives the small-tumour map and the segmentation stops learning (measured on
         # two phantoms: no fall of the Jaccard + focal loss in 30 steps); the tasks still share gradients
@@ -175,5 +180,9 @@ class NpcNetwork(nn.Module):
         features = self.stage_features(stage_input)
         if self.fusion is not None:
             features = self.fusion(features, deep)
-        logits = self.classifier(torch.flatten(nn.functional.adaptive_avg_pool3d(features, 1), 1))
-        return seg_logits[(..., *[slice(0, n) for n in size])], logits
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool3d(features, 1), 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, seg_logits, deep = self.segment(image)
+        logits = self.stage_logits(x, seg_logits, deep)
+        return seg_logits[(..., *[slice(0, n) for n in image.shape[2:]])], logits

@@ -63,20 +63,24 @@ class NpcPredictor:
         self.net.to(self.device).eval()
         self.stage_names = list(bundle.stages or TASK.stage_names or ())
 
-    def forward(self, prepared: PreparedVolume) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """GTV probability map of the crop, stage probabilities, and the network input (for Grad-CAM)."""
+    def forward(self, prepared: PreparedVolume) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """GTV probability map of the crop, stage probabilities, and what Grad-CAM starts from."""
         x = torch.from_numpy(prepared.image[None]).to(self.device)
         with torch.no_grad():
-            seg_logits, stage_logits = self.net(x)
-        probability = torch.sigmoid(seg_logits.float())[0, 0].cpu().numpy()
+            padded, seg_logits, deep = self.net.segment(x)
+            stage_logits = self.net.stage_logits(padded, seg_logits, deep)
+        crop = tuple(slice(0, n) for n in x.shape[2:])
+        probability = torch.sigmoid(seg_logits.float())[(0, 0, *crop)].cpu().numpy()
         stages = torch.softmax(stage_logits.float(), 1)[0].cpu().numpy().astype(np.float64)
-        return probability, stages / stages.sum(), x
+        return probability, stages / stages.sum(), (padded, seg_logits, deep)
 
-    def gradcam(self, x: torch.Tensor, stage_index: int) -> np.ndarray:
-        """Grad-CAM of ``stage_index`` on the crop (0–1), from the last 3D features before pooling."""
-        result = grad_cam(self.net, self.net.cam_layer, (x,), class_index=stage_index,
-                          forward=lambda t: self.net(t)[1], output_size=self.config.padded_size)
-        return result.cam[tuple(slice(0, n) for n in x.shape[2:])]
+    def gradcam(self, segmented: tuple, stage_index: int, size: tuple[int, ...]) -> np.ndarray:
+        """Grad-CAM of ``stage_index`` on the crop (0–1). Only the staging branch runs again: the
+        segmentation's outputs are constants for it (the gate carries no gradient)."""
+        padded, seg_logits, deep = segmented
+        result = grad_cam(self.net, self.net.cam_layer, (padded,), class_index=stage_index,
+                          forward=lambda t: self.net.stage_logits(t, seg_logits, deep))
+        return result.cam[tuple(slice(0, n) for n in size)]
 
     def predict(self, image: Image, gradcam: bool = True, progress: ProgressFn | None = None,
                 cancel: CancelFn | None = None, **options: Any) -> Prediction:
@@ -85,12 +89,12 @@ class NpcPredictor:
         with timer.step("preprocess"):
             prepared = prepare(self.plan, image)
         with timer.step("network"):
-            probability, stages, x = self.forward(prepared)
+            probability, stages, segmented = self.forward(prepared)
         predicted = int(np.argmax(stages))
         cam = None
         if gradcam:
             with timer.step("gradcam"):
-                cam = self.gradcam(x, predicted)
+                cam = self.gradcam(segmented, predicted, prepared.image.shape[1:])
         with timer.step("restore"):
             record, crop = prepared.record, prepared.crop
             foreground = crop.paste(probability)
