@@ -52,7 +52,7 @@ def multi_scale_grad_cam(net: PetMultiTaskNet, x: torch.Tensor,
     net.eval()
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            outputs = net(x.clone().requires_grad_(True))
+            outputs = net(x.clone(), reconstruct=False)
             grads = torch.autograd.grad(outputs.outcome_logit.sum(), [captured[lv] for lv in levels],
                                         allow_unused=True)
     finally:

@@ -186,12 +186,14 @@ class PetMultiTaskNet(nn.Module):
             raise ValueError("this network has no segmentation decoder (single-task outcome ablation)")
         return self.segmentation(self.encode(x))
 
-    def forward(self, x: torch.Tensor, tumour_probability: torch.Tensor | None = None) -> PetOutputs:
+    def forward(self, x: torch.Tensor, tumour_probability: torch.Tensor | None = None,
+                reconstruct: bool = True) -> PetOutputs:
         """``x``: (B, 1, crop) PET in network units; ``tumour_probability`` replaces the segmentation's
-        own probability in the tumour features (the reference mask while training)."""
+        own probability in the tumour features (the reference mask while training); ``reconstruct=False``
+        skips the reconstruction decoder, which only training needs."""
         features = self.encode(x)
         seg = self.segmentation(features) if self.segmentation is not None else None
-        recon = self.reconstruction(features) if self.reconstruction is not None else None
+        recon = self.reconstruction(features) if self.reconstruction is not None and reconstruct else None
         pathology = self.pathology(features[-1]) if self.pathology is not None else None
         parts = []
         if self.tumour_branch is not None and seg is not None:

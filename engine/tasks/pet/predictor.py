@@ -133,7 +133,7 @@ class PetPredictor:
 
     @torch.no_grad()
     def _outputs(self, x: torch.Tensor) -> Any:
-        return self.net(x)
+        return self.net(x, reconstruct=False)
 
     def _prediction(self, image: Image, labels: np.ndarray, cam: np.ndarray | None, outputs: Any,
                     warnings: list[str], timer: StepTimer, gradcam: bool) -> PetPrediction:
