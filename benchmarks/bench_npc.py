@@ -2,7 +2,7 @@
 """Speed benchmark: NPCStaging Segment & Stage against a two-model MONAI baseline.
 
 On one synthetic MRI phantom (``realistic`` preset: 21 × 224 × 224 voxels at 6 × 0.4688 × 0.4688 mm) this
-times, in one process with one thread count, after one warm-up run each:
+times, in one process with one thread count, after one warm-up run each, the two taking turns:
 
 - **ours**: :class:`engine.tasks.npc.predictor.NpcPredictor` end to end — MRI check, preprocessing and
   head crop, the one multi-task network (3D U-Net → probability map × image → Bottleneck Transformer →
@@ -78,6 +78,7 @@ class TwoModelBaseline:
         stem = ((3, 7, 7), (1, 2, 2)) if config.thick_slices else (7, 2)
         self.resnet = resnet50(spatial_dims=3, n_input_channels=1, num_classes=4, conv1_t_size=stem[0],
                                conv1_t_stride=stem[1], widen_factor=config.stage_width / 64).eval()
+        self.timings: dict[str, float] = {}
 
     def predict(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
         from engine.explain.gradcam import grad_cam
@@ -85,51 +86,65 @@ class TwoModelBaseline:
         from engine.tasks.npc.data import prepare
         from engine.tasks.npc.predictor import check_mri
 
+        clock = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            self.timings[step] = round(time.perf_counter() - clock, 3)
+            clock = time.perf_counter()
+
         check_mri(image)
         prepared = prepare(self.plan, image)
         x = torch.from_numpy(prepared.image[None])
         pad = [p - n for p, n in zip(self.padded, x.shape[2:])]
         x = torch.nn.functional.pad(x, [a for p in reversed(pad) for a in (0, p)])
+        lap("preprocess")
         with torch.no_grad():
             probability = torch.sigmoid(self.unet(x))
+            lap("segmentation")
             gated = probability * x
             stages = torch.softmax(self.resnet(gated), 1)[0]
+            lap("classification")
         cam = grad_cam(self.resnet, self.resnet.layer3, (gated,), class_index=int(stages.argmax())).cam
+        lap("gradcam")
         crop = tuple(slice(0, n) for n in prepared.image.shape[1:])
         foreground = prepared.crop.paste(probability[0, 0].numpy()[crop])
         restored = Preprocessor.restore_probabilities(np.stack([1.0 - foreground, foreground]), prepared.record)[1]
         cam_map = Preprocessor.restore_map(prepared.crop.paste(cam[crop]), prepared.record)
+        lap("restore")
         return (restored >= 0.5).astype(np.uint8), cam_map
 
 
-def timed_runs(run: Callable[[], Any], repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` runs after one warm-up run."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_runs(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` runs of every pipeline, after one warm-up run each; the pipelines take
+    turns, so a change in the machine's load during the benchmark falls on both alike."""
+    for run in runs.values():
         run()
-        times.append(round(time.perf_counter() - t0, 4))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(round(time.perf_counter() - t0, 4))
     return times
 
 
 def benchmark(predictor: Any, image: Any, repeats: int) -> dict[str, Any]:
-    """Both pipelines on ``image``; medians, every run, and ours per step (from its last run)."""
+    """Both pipelines on ``image``; medians, every run, and each pipeline's steps (from its last run)."""
     baseline = TwoModelBaseline(predictor)
     steps: dict[str, float] = {}
 
     def ours() -> None:
         steps.update(predictor.predict(image, gradcam=True).timings_s)
 
-    ours_runs = timed_runs(ours, repeats)
-    baseline_runs = timed_runs(lambda: baseline.predict(image), repeats)
-    ours_s, baseline_s = round(statistics.median(ours_runs), 4), round(statistics.median(baseline_runs), 4)
+    runs = interleaved_runs({"ours": ours, "baseline": lambda: baseline.predict(image)}, repeats)
+    ours_s, baseline_s = round(statistics.median(runs["ours"]), 4), round(statistics.median(runs["baseline"]), 4)
     count = lambda net: sum(p.numel() for p in net.parameters())
     return {"volume": list(image.shape), "spacing": [round(s, 4) for s in image.spacing],
             "threads": torch.get_num_threads(), "device": "cpu", "repeats": repeats,
             "ours_s": ours_s, "baseline_s": baseline_s, "ratio": round(ours_s / baseline_s, 4),
-            "ours_runs_s": ours_runs, "baseline_runs_s": baseline_runs, "ours_steps_s": steps,
-            "ours_parameters": count(predictor.net),
+            "ours_runs_s": runs["ours"], "baseline_runs_s": runs["baseline"], "ours_steps_s": steps,
+            "baseline_steps_s": baseline.timings, "ours_parameters": count(predictor.net),
             "baseline_parameters": count(baseline.unet) + count(baseline.resnet),
             "head_crop": predictor.config.patch_size, "grid_spacing": predictor.plan.configuration().spacing,
             "model": f"{predictor.bundle.id} {predictor.bundle.version}"}

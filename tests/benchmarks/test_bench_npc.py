@@ -27,5 +27,6 @@ def test_tiny_benchmark_prints_one_consistent_json_line(tmp_path):
     assert abs(result["ratio"] - result["ours_s"] / result["baseline_s"]) <= 1e-3
     assert len(result["ours_runs_s"]) == len(result["baseline_runs_s"]) == 1
     assert {"preprocess", "network", "gradcam", "restore"} <= set(result["ours_steps_s"])
+    assert {"preprocess", "segmentation", "classification", "gradcam", "restore"} == set(result["baseline_steps_s"])
     assert result["volume"] == [16, 64, 64] and result["config"] == "tiny"
     assert result["ours_parameters"] > 0 and result["baseline_parameters"] > 0
