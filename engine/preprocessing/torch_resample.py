@@ -11,16 +11,18 @@ edge take the edge value, as SimpleITK's nearest-neighbour extrapolator does.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 #: nnU-Net: resample the coarse axis separately when its spacing is ≥ 3× the finest.
 SEPARATE_Z_RATIO = 3.0
-#: The cubic B-spline prefilter's pole (Unser 1999).
+#: The cubic B-spline prefilter's pole (Unser 1999), and how far its taps matter (|pole|^k < 1e-7).
 _POLE = math.sqrt(3.0) - 2.0
+_HALF_WIDTH = math.ceil(math.log(1e-7) / math.log(abs(_POLE)))
 
 
 def nnunet_axis_orders(spacing: Sequence[float], target: Sequence[float], order: int = 3) -> list[int]:
@@ -36,22 +38,39 @@ def nnunet_axis_orders(spacing: Sequence[float], target: Sequence[float], order:
 
 
 def _bspline_prefilter(x: torch.Tensor) -> torch.Tensor:
-    """Cubic B-spline coefficients along the first axis (mirror boundary, Unser's recursive filter)."""
+    """Cubic B-spline coefficients along the first axis (mirror boundary, Unser's recursive filter).
+
+    The recursion steps through the axis a row at a time; each step is too small to share between
+    threads, and on a busy CPU waiting for the other threads costs more than the work, so on the CPU
+    it runs on one thread."""
     n = x.shape[0]
     if n == 1:
         return x.clone()
-    x = x * 6.0
-    horizon = min(n, math.ceil(math.log(1e-7) / math.log(abs(_POLE))))
-    powers = _POLE ** torch.arange(horizon, dtype=x.dtype, device=x.device)
-    causal = torch.empty_like(x)
-    causal[0] = torch.tensordot(powers, x[:horizon], dims=1)
-    for i in range(1, n):
-        causal[i] = x[i] + _POLE * causal[i - 1]
-    out = torch.empty_like(x)
-    out[n - 1] = (_POLE / (_POLE * _POLE - 1.0)) * (causal[n - 1] + _POLE * causal[n - 2])
-    for i in range(n - 2, -1, -1):
-        out[i] = _POLE * (out[i + 1] - causal[i])
+    with _one_cpu_thread(x.device):
+        x = x * 6.0
+        powers = _POLE ** torch.arange(_HALF_WIDTH, dtype=x.dtype, device=x.device)
+        causal = torch.empty_like(x)
+        causal[0] = torch.tensordot(powers[:n], x[:_HALF_WIDTH], dims=1)
+        for i in range(1, n):
+            causal[i] = x[i] + _POLE * causal[i - 1]
+        out = torch.empty_like(x)
+        out[n - 1] = (_POLE / (_POLE * _POLE - 1.0)) * (causal[n - 1] + _POLE * causal[n - 2])
+        for i in range(n - 2, -1, -1):
+            out[i] = _POLE * (out[i + 1] - causal[i])
     return out
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _mirror(index: torch.Tensor, n: int) -> torch.Tensor:
