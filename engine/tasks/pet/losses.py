@@ -3,6 +3,10 @@
 Each term is returned separately so training can log it and tests can check it alone. A head the
 network lacks (an ablation) contributes nothing; a case without a known pathology or outcome (label
 -1) is left out of that term, so random crops without the tumour still train the decoders.
+
+The Dice is computed over the whole batch: on a crop without tumour a per-crop Dice loss jumps to its
+maximum as soon as anything is predicted there and its gradient then vanishes, so false positives away
+from the tumour are not trained away; over the batch they enlarge the denominator and keep counting.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, weights: LossWeights):
         super().__init__()
         self.weights = weights
-        self.dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
 
     def terms(self, out: PetOutputs, image: torch.Tensor, label: torch.Tensor, pathology: torch.Tensor,
               outcome: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -246,7 +246,8 @@ def write_bundle(net: PetMultiTaskNet, out: Path, options: PetTrainOptions, ds: 
             "suv_scale": net.spec.suv_scale, "units": "SUV (body weight)", "segmentation_threshold": threshold}
     architecture = {"name": ARCHITECTURE, "variant": options.variant, "network": net.spec.to_dict(),
                     "loss_weights": {"alpha_reconstruction": options.recon_weight, "beta_segmentation": options.seg_weight,
-                                     "omega_pathology": options.class_weight, "lambda_outcome": options.outcome_weight}}
+                                     "omega_pathology": options.class_weight, "lambda_outcome": options.outcome_weight},
+                    "segmentation_loss": "Dice over the batch"}
     training = {"dataset": ds.description.name, "dataset_path": dataset_path, "cases_train": n_train,
                 "cases_validation": n_val, "command": command_line(command), "options": _jsonable(options),
                 "machine": platform.machine(), "torch": torch.__version__}

@@ -48,6 +48,21 @@ def test_each_loss_term_is_its_textbook_value():
     assert wrong["segmentation"].item() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_false_positives_in_a_crop_without_tumour_are_penalised():
+    """The Dice over the batch: a crop without tumour adds its false positives to the denominator."""
+    label = torch.zeros(2, 1, 6, 6, 6)
+    label[0, :, 2:4, 2:4, 2:4] = 1
+    logits = (label * 2 - 1) * 20.0                 # crop 0 right; crop 1 empty and predicted empty
+    loss = MultiTaskLoss(LossWeights())
+    clean = loss.terms(_outputs(logits, outcome=(0.0, 0.0)), label, label, torch.tensor([-1, -1]),
+                       torch.tensor([-1, -1]))["segmentation"]
+    noisy = logits.clone()
+    noisy[1, :, :3] = 20.0                          # false positives in the crop without tumour
+    fp = loss.terms(_outputs(noisy, outcome=(0.0, 0.0)), label, label, torch.tensor([-1, -1]),
+                    torch.tensor([-1, -1]))["segmentation"]
+    assert clean.item() == pytest.approx(0.0, abs=1e-4) and fp.item() > 0.8
+
+
 def test_total_is_the_weighted_sum_and_unknown_targets_are_left_out():
     image = torch.rand(2, 1, 4, 4, 4)
     label = torch.zeros(2, 1, 4, 4, 4)
