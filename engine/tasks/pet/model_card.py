@@ -42,7 +42,7 @@ def model_card(options: PetTrainOptions, description: DatasetDescription, metric
              + f"; ran {metrics.get('epochs')} epochs in {metrics.get('seconds')} s"
              + (" (stopped by the time limit)" if metrics.get("time_limit_reached") else "") + ".",
              f"- Validation (held-out cases, best epoch {metrics.get('best_epoch')}): {validation or 'none'}.",
-             f"- Tumour threshold {plan.get('segmentation_threshold', 0.5):g}, chosen on the validation cases' "
-             f"whole-volume Dice: {metrics.get('val_whole_volume_dice') or 'no validation cases'}.",
+             (f"- Tumour threshold {plan.get('segmentation_threshold', 0.5):g}, chosen on the validation cases' "
+              f"whole-volume Dice: {metrics.get('val_whole_volume_dice') or 'no validation cases'}."),
              f"- Training command: `{training.get('command')}`", "", METHOD_LINE]
     return "\n".join(lines) + "\n"
