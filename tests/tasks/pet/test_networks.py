@@ -126,3 +126,28 @@ def test_multi_scale_grad_cam_matches_the_generic_grad_cam_per_level():
     assert not net.training
     with torch.no_grad():
         assert cams.outputs.outcome_logit.item() == pytest.approx(net(x).outcome_logit.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("switches, heads", [
+    ({}, {"reconstruction", "segmentation", "pathology", "outcome"}),
+    ({"reconstruction": False}, {"segmentation", "pathology", "outcome"}),
+    ({"multi_scale": False}, {"reconstruction", "segmentation", "pathology", "outcome"}),
+    ({"single_task": True}, {"outcome"}),
+])
+def test_ablation_switches_build_the_papers_variants(switches, heads):
+    from engine.tasks.pet.options import PetTrainOptions
+    from engine.tasks.pet.training import network_spec
+
+    options = PetTrainOptions(width=2, crop_size=32, **switches)
+    net = PetMultiTaskNet(network_spec(options)).eval()
+    x = torch.rand(2, 1, *CROP)
+    with torch.no_grad():
+        out = net(x)
+    terms = MultiTaskLoss(LossWeights()).terms(out, x, (x > 0.9).float(), torch.tensor([0, 1]), torch.tensor([1, 0]))
+    assert set(terms) == heads
+    pooled = sum(net.spec.channels[lv - 1] for lv in MULTI_SCALE_LEVELS)
+    tumour = net.tumour_branch.out_features + N_STATISTICS if net.tumour_branch is not None else 0
+    assert (net.tumour_branch is None) == options.single_task
+    assert net.outcome[0].in_features == tumour + (pooled if options.multi_scale or options.single_task else 0)
+    assert options.variant == {"single_task": "single-task", "multi_scale": "no-multiscale",
+                               "reconstruction": "no-reconstruction"}.get(next(iter(switches), ""), "multitask")
