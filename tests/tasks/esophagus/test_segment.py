@@ -114,7 +114,7 @@ def test_batch_run_from_a_folder_writes_a_summary(tiny, tmp_path):
     summary = TASK.run_batch(folder, tmp_path / "batch", tiny["bundle"], device="cpu", gradcam=False)
     import csv
 
-    rows = list(csv.DictReader(summary.open()))
+    rows = list(csv.DictReader(summary.open(encoding="utf-8")))  # warnings carry "×", "—", "cm³"
     assert [r["status"] for r in rows] == ["error", "ok", "ok"]
     assert rows[1]["predicted_stage"] in ("T1", "T2", "T3", "T4")
     assert (tmp_path / "batch" / rows[1]["case"] / "report.json").exists()
