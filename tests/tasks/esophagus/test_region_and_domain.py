@@ -13,7 +13,6 @@ from engine.io.image import Image
 from engine.registry import load_bundle
 from engine.synth import generate_case
 from engine.tasks import get_task
-
 from tests.conftest import shared_data
 
 BUNDLE = Path(__file__).resolve().parents[3] / "models" / "esophagus-demo-0.6.0"
