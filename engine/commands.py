@@ -264,12 +264,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         plan = make_plan(extract_fingerprint(RawDataset.load(args.data)), args.task, spacing=args.target_spacing)
     progress = JsonLinesProgress(min_interval_s=1.0) if args.progress == "json" else TqdmProgress()
+    from contextlib import nullcontext
+
     from engine.pipelines.outputs import lock_output
+    from engine.training.distributed import detect_torchrun
 
     out = Path(args.out).expanduser().absolute()  # the bundle replaces the folder: lock beside it
-    with lock_output(out, out.parent / f".{out.name}.oncostaging.lock"):
+    # under torchrun every rank runs this command and only the first writes the bundle, so only it locks
+    launcher = detect_torchrun()
+    first_rank = launcher is None or launcher.rank == 0
+    lock = lock_output(out, out.parent / f".{out.name}.oncostaging.lock") if first_rank else nullcontext()
+    with lock:
         bundle = task.train(args.data, args.out, plan=plan, callbacks=[progress], overwrite=args.overwrite,
                             command=_command_line(), resume=args.resume, **options)
+    if not first_rank:  # the first rank reports the model it wrote
+        return 0
     variant = bundle.architecture.get("variant")
     print(f"Model {bundle.id} {bundle.version}{f' ({variant})' if variant else ''} written to {bundle.path}")
     for phase, values in bundle.metrics.items():
@@ -378,8 +387,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   progress=update, tta=args.tta, **task.options_from_args("evaluate", args))
     finally:
         close()
-    md = files.get("metrics.md")
+    md = next((Path(path) for path in files.values() if Path(path).name == "metrics.md"), None)
     if md is not None:
-        print(Path(md).read_text(encoding="utf-8"))
+        print(md.read_text(encoding="utf-8"))
     print("Written: " + ", ".join(str(p) for p in files.values()))
     return 0

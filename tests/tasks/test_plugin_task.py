@@ -164,6 +164,7 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
     assert all(abs(float(r["p_low"]) + float(r["p_high"]) - 1) < 1e-5 for r in rows)
 
     evaluation = tmp_path / "evaluation"
+    capsys.readouterr()
     assert (
         main(
             [
@@ -186,6 +187,7 @@ def test_train_run_and_evaluate_through_the_cli(toy_model, toy_dataset, tmp_path
     assert metrics["stage_names"] == ["low", "high"]
     assert all(0.0 <= s["dice"]["mean"] <= 1.0 for s in metrics["structures"])
     assert "lesion" in (evaluation / "metrics.md").read_text(encoding="utf-8")
+    assert "# Evaluation report" in capsys.readouterr().out  # the command prints the report it wrote
 
 
 def test_training_is_reproducible_by_seed(toy_dataset, tmp_path):

@@ -153,8 +153,6 @@ def evaluate(dataset: str | Path, out_dir: str | Path, model: str | Path | Model
     predictor: NpcPredictor = TASK.load_predictor(model, device)
     other: NpcPredictor | None = TASK.load_predictor(compare_to, device) if compare_to is not None else None
     files, evaluations = _report(predictor, ds, dataset, out_dir, cases, overwrite, progress, cancel)
-    # `engine evaluate` prints the report it finds under the file's name
-    files = {("metrics.md" if key == "markdown" else key): path for key, path in files.items()}
     if other is None:
         return files
     _, other_evaluations = _report(other, ds, dataset, Path(out_dir) / COMPARED_DIR, cases, overwrite, progress,
