@@ -37,7 +37,7 @@ class PetTask(Task):
 
             add_train_arguments(parser)
         elif command == "evaluate":
-            parser.add_argument("--compare", metavar="MODEL",
+            parser.add_argument("--compare-to", metavar="MODEL",
                                 help="a second PET model evaluated on the same cases; its outcome AUC is compared "
                                      "with DeLong's test")
 
@@ -46,8 +46,8 @@ class PetTask(Task):
             from engine.tasks.pet.cli import train_options
 
             return {"options": train_options(args)}
-        if command == "evaluate" and getattr(args, "compare", None):
-            return {"compare": args.compare}
+        if command == "evaluate" and getattr(args, "compare_to", None):
+            return {"compare": args.compare_to}
         return {}
 
     def train(self, dataset: str | Path, out_dir: str | Path, *, plan: Any = None, callbacks: Sequence[Any] = (),

@@ -72,7 +72,7 @@ def test_run_refuses_activity_volume_and_writes_nothing(trained, tmp_path, capsy
 def test_evaluate_reports_auc_with_ci_and_delong_against_a_second_model(trained, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate", "--task", "pet", "--model", str(trained["model"]), "--data", str(trained["data"]),
-                 "--out", str(out), "--compare", str(trained["model"]), "--device", "cpu"]) == 0
+                 "--out", str(out), "--compare-to", str(trained["model"]), "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cases"] == 6
     assert {"auc", "accuracy", "sensitivity", "specificity"} <= set(metrics["outcome"])
