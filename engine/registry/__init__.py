@@ -8,7 +8,13 @@ imports neither torch nor MONAI.
 """
 
 from engine.registry.archive import MAX_UNPACKED_BYTES, extract_bundle_zip, safe_extract
-from engine.registry.bundle import load_bundle, record_training_domain, save_bundle, seal_bundle
+from engine.registry.bundle import (
+    load_bundle,
+    record_training_domain,
+    save_bundle,
+    seal_bundle,
+    update_manifest,
+)
 from engine.registry.manifest import (
     DEMO_INTENDED_USE,
     FORMAT_VERSION,
@@ -32,6 +38,5 @@ __all__ = [
     "MAX_UNPACKED_BYTES", "MODALITIES", "MODEL_CARD_NAME", "MODEL_DIR_ENV", "REQUIRED_KEYS", "BundleInfo",
     "Label", "ModelBundle", "WeightFile", "builtin_dir", "export_bundle", "extract_bundle_zip", "find_bundle",
     "import_bundle", "list_bundles", "load_bundle", "safe_extract", "record_training_domain", "save_bundle",
-    "seal_bundle",
-    "semver_key", "sha256_file", "user_model_dir",
+    "seal_bundle", "semver_key", "sha256_file", "update_manifest", "user_model_dir",
 ]

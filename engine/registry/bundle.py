@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,17 +230,27 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     os.replace(mtmp, folder / MANIFEST_NAME)
 
 
-def record_training_domain(path: str | os.PathLike, profile: dict[str, Any]) -> ModelBundle:
-    """Write a profile of the model's training data (:mod:`engine.domain`) into an intact bundle's
-    ``training.domain`` and record the new model.json checksum; weights are checked, never changed."""
-    from engine.domain.profile import MANIFEST_KEY
-
+def update_manifest(path: str | os.PathLike, edit: Callable[[dict[str, Any]], None]) -> ModelBundle:
+    """Edit an intact bundle's model.json in place (``edit`` changes the parsed manifest) and record its
+    new checksum, so the bundle stays sealed; weights are checked first and never changed."""
     bundle = load_bundle(path, verify=True)  # only an intact bundle is edited
     raw = read_manifest(bundle.path)
-    raw["training"] = {**dict(raw["training"]), MANIFEST_KEY: profile}
+    edit(raw)
     _write_manifest(bundle.path, raw)
-    log.info("Recorded the training-data profile in %s.", bundle.path / MANIFEST_NAME)
     return load_bundle(bundle.path, verify=False)
+
+
+def record_training_domain(path: str | os.PathLike, profile: dict[str, Any]) -> ModelBundle:
+    """Write a profile of the model's training data (:mod:`engine.domain`) into an intact bundle's
+    ``training.domain``."""
+    from engine.domain.profile import MANIFEST_KEY
+
+    def add_profile(raw: dict[str, Any]) -> None:
+        raw["training"] = {**dict(raw["training"]), MANIFEST_KEY: profile}
+
+    bundle = update_manifest(path, add_profile)
+    log.info("Recorded the training-data profile in %s.", bundle.path / MANIFEST_NAME)
+    return bundle
 
 
 def seal_bundle(path: str | os.PathLike, force: bool = False) -> ModelBundle:

@@ -267,3 +267,18 @@ def test_semver_ordering():
         "0.2.0", "0.9.0", "0.10.0", "1.0.0-alpha", "1.0.0-alpha.2", "1.0.0-rc.1", "1.0.0"]
     with pytest.raises(BundleError):
         semver_key("1.0")
+
+
+def test_update_manifest_keeps_the_bundle_sealed_and_refuses_a_damaged_one(tmp_path):
+    from engine.registry import update_manifest
+
+    bundle = make_bundle(tmp_path / "m")
+    updated = update_manifest(bundle.path, lambda raw: raw["plan"].update(segmentation_threshold=0.9))
+    assert updated.plan["segmentation_threshold"] == 0.9
+    assert load_bundle(bundle.path, verify=True).plan["segmentation_threshold"] == 0.9  # still verifies
+
+    _flip_byte(next(bundle.path.glob("*.safetensors")))
+    before = (bundle.path / "model.json").read_bytes()
+    with pytest.raises(BundleError):
+        update_manifest(bundle.path, lambda raw: raw["plan"].update(segmentation_threshold=0.1))
+    assert (bundle.path / "model.json").read_bytes() == before  # a damaged bundle is not edited

@@ -14,7 +14,6 @@ rewrites the bundle's plan with the chosen threshold (reseal it with ``python -m
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", required=True, help="ids of the validation cases")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from engine.registry import load_bundle
+    from engine.registry import load_bundle, update_manifest
 
     by_id = {c.case_id: c for c in RawDataset.load(args.data).training}
     missing = [c for c in args.cases if c not in by_id]
@@ -71,11 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = PetPredictor(load_bundle(args.model), args.device)
     scores = threshold_scores(predictor.tumour_probability, [by_id[c] for c in args.cases])
     chosen = choose_threshold(scores)
-    manifest_path = args.model / "model.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["plan"]["segmentation_threshold"] = chosen
-    manifest["metrics"]["network"]["val_whole_volume_dice"] = {f"{t:g}": round(s, 4) for t, s in scores.items()}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    def record(manifest: dict) -> None:
+        manifest["plan"]["segmentation_threshold"] = chosen
+        manifest["metrics"]["network"]["val_whole_volume_dice"] = {f"{t:g}": round(s, 4) for t, s in scores.items()}
+
+    update_manifest(args.model, record)  # the bundle stays sealed
     print(f"threshold {chosen:g}: " + ", ".join(f"{t:g} → Dice {s:.3f}" for t, s in scores.items()))
     return 0
 
