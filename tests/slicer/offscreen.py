@@ -346,13 +346,20 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gtv-ct", help="CT for the GTVSeg screenshots (default: a gtv phantom)")
+    parser.add_argument("--gtv-ct", help="CT for the GTVSeg screenshots (default: OpenKBP pt_12, a validation "
+                                         "patient of the shipped model, when the shared data is present; "
+                                         "else a gtv phantom)")
     parser.add_argument("--npc-mri", help="MRI for the NPCStaging screenshots (default: an npc phantom)")
     parser.add_argument("--only", choices=("esophagus", "gtv", "npc"), help="make one module's screenshots")
     arguments = parser.parse_args()
     if arguments.only in (None, "esophagus"):
         make_screenshots()
     if arguments.only in (None, "gtv"):
-        make_gtv_screenshots(ct_path=arguments.gtv_ct)
+        from pathlib import Path
+
+        repo_parent = Path(__file__).resolve().parents[3]
+        shared = Path(os.environ.get("ONCOSTAGING_SHARED_DATA", repo_parent / "shared" / "data"))
+        held_out = shared / "openkbp" / "train" / "pt_12" / "ct.nii.gz"
+        make_gtv_screenshots(ct_path=arguments.gtv_ct or (held_out if held_out.is_file() else None))
     if arguments.only in (None, "npc"):
         make_npc_screenshots(mri_path=arguments.npc_mri)
