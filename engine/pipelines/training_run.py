@@ -13,6 +13,7 @@ import logging
 import shlex
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -28,6 +29,27 @@ log = logging.getLogger(__name__)
 #: Written into the work folder when a run starts, so ``resume`` can refuse different options.
 RUN_OPTIONS_FILE = "train_options.json"
 CANCELLED_MESSAGE = "training cancelled by the user; no model was written"
+
+
+class Deadline:
+    """A cancel callable that also fires at a wall-clock deadline (``time.monotonic()`` seconds, or None
+    for none), and remembers whether the deadline was what stopped the run: the trainers keep the model
+    then, where a user's cancel writes nothing."""
+
+    def __init__(self, cancel: CancelFn | None, until: float | None):
+        self.cancel, self.until, self.reached = cancel, until, False
+
+    @classmethod
+    def after_minutes(cls, cancel: CancelFn | None, minutes: float | None) -> Deadline:
+        return cls(cancel, None if minutes is None else time.monotonic() + 60.0 * minutes)
+
+    def __call__(self) -> bool:
+        if self.cancel is not None and self.cancel():
+            return True
+        if self.until is not None and time.monotonic() >= self.until:
+            self.reached = True
+            return True
+        return False
 
 
 def work_dir(out_dir: str | Path) -> Path:

@@ -27,6 +27,7 @@ from engine.domain.profile import MANIFEST_KEY, dataset_profile
 from engine.errors import Cancelled, TrainingError
 from engine.pipelines.training_run import (
     CANCELLED_MESSAGE,
+    Deadline,
     PhaseTaggedCallbacks,
     check_resume,
     command_line,
@@ -129,21 +130,6 @@ def slice_scores(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) -
     if abnormal.any() and (~abnormal).any():
         out["auc"] = float(one_vs_rest_auc(target, np.stack([1 - prob, prob], 1))[1].auc)
     return out
-
-
-class Deadline:
-    """A cancel callable that also fires at a time budget, and remembers which of the two it was."""
-
-    def __init__(self, cancel: Callable[[], bool] | None, until: float | None):
-        self.cancel, self.until, self.reached = cancel, until, False
-
-    def __call__(self) -> bool:
-        if self.cancel is not None and self.cancel():
-            return True
-        if self.until is not None and time.monotonic() >= self.until:
-            self.reached = True
-            return True
-        return False
 
 
 class GtvTraining:

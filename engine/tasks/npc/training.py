@@ -24,6 +24,7 @@ from engine.data.dataset import RawDataset
 from engine.errors import Cancelled, TrainingError
 from engine.pipelines.training_run import (
     CANCELLED_MESSAGE,
+    Deadline,
     PhaseTaggedCallbacks,
     check_cancel,
     check_resume,
@@ -119,21 +120,6 @@ class MultiTaskStep:
         auc = float(auc) if np.isfinite(auc) else 0.5
         return {"loss": float(np.mean([o["loss"] for o in outputs])), "dice": dice, "auc": auc,
                 "accuracy": float((probs.argmax(1) == target).mean()), "score": (dice + auc) / 2.0}
-
-
-class Deadline:
-    """A cancel callable that also fires at a time budget, and remembers which of the two it was."""
-
-    def __init__(self, cancel: Callable[[], bool] | None, until: float | None):
-        self.cancel, self.until, self.reached = cancel, until, False
-
-    def __call__(self) -> bool:
-        if self.cancel is not None and self.cancel():
-            return True
-        if self.until is not None and time.monotonic() >= self.until:
-            self.reached = True
-            return True
-        return False
 
 
 def load_training_dataset(dataset: str | Path) -> RawDataset:

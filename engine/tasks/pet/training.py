@@ -25,6 +25,7 @@ from engine.data.dataset import RawDataset
 from engine.errors import Cancelled, TrainingError
 from engine.pipelines.training_run import (
     CANCELLED_MESSAGE,
+    Deadline,
     PhaseTaggedCallbacks,
     check_resume,
     command_line,
@@ -51,22 +52,6 @@ from engine.utils.device import describe_device, select_device
 
 log = logging.getLogger(__name__)
 MONITOR = "val_outcome_loss"
-
-
-class TimeBudget:
-    """A cancel callable that also fires when a wall-clock budget is spent, and says which it was."""
-
-    def __init__(self, cancel: Callable[[], bool] | None, minutes: float | None):
-        self.cancel, self.reached = cancel, False
-        self.until = None if minutes is None else time.monotonic() + 60.0 * minutes
-
-    def __call__(self) -> bool:
-        if self.cancel is not None and self.cancel():
-            return True
-        if self.until is not None and time.monotonic() >= self.until:
-            self.reached = True
-            return True
-        return False
 
 
 def network_spec(options: PetTrainOptions) -> PetNetworkSpec:
@@ -160,7 +145,7 @@ def load_dataset(dataset: str | Path) -> RawDataset:
 
 
 def fit(net: PetMultiTaskNet, options: PetTrainOptions, train: list[PetCase], val: list[PetCase], work: Path,
-        callbacks: Sequence[Callback], budget: TimeBudget, resume: bool) -> dict[str, Any]:
+        callbacks: Sequence[Callback], budget: Deadline, resume: bool) -> dict[str, Any]:
     """Run the trainer; load the best validated (or last) weights into ``net``; the run's metrics."""
     spec = net.spec
     sampler = CropSampler(train, options.crop_size, spec.suv_scale, options.tumour_fraction, options.jitter_vox,
@@ -201,7 +186,7 @@ def train(dataset: str | Path, out_dir: str | Path, options: PetTrainOptions | N
     work = work_dir(out)
     record = run_record(dataset, options)
     check_resume(work, record, resume)
-    budget = TimeBudget(cancel, options.time_limit_min)
+    budget = Deadline.after_minutes(cancel, options.time_limit_min)
     cases = load_cases(ds.training, options.crop_size, cancel)
     check_targets(cases)
     train_cases, val_cases = split_cases(cases, options.val_fraction, options.seed)
