@@ -234,10 +234,12 @@ def make_screenshots(out_dir=None) -> list:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
-    """GTVSeg: Segment ``ct_path`` (default: a gtv phantom) with the installed ``gtv`` model, import the
-    run through the module's glue and render the GTV in 3D and the axial slice where the GTV is largest, with the Grad-CAM.
-    Returns [] (and makes nothing) when no gtv model is installed."""
+def render_module_screenshots(task_name: str, module: str, image_path, phantom_seed: int, volume_name: str,
+                              zoom: float, out_dir=None, with_stages: bool = True):
+    """Run ``task_name``'s installed model on ``image_path`` (default: a fresh phantom of ``phantom_seed``),
+    import the run through the module's glue and write ``<module>-3D.png`` and ``<module>-GradCAM.png``: the
+    GTV in 3D and the axial slice where it is largest, with the Grad-CAM. Returns (written files, imported
+    nodes, run result, phantom case or None), or None (and makes nothing) when no model is installed."""
     import shutil
     import sys
     import tempfile
@@ -257,89 +259,56 @@ def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
     from OncoStagingCommon import results
 
     try:
-        bundle = find_bundle("gtv")
+        bundle = find_bundle(task_name)
     except EngineError as exc:
-        print(f"GTVSeg screenshots skipped: no trained gtv model is installed ({exc})")
-        return []
+        print(f"{module} screenshots skipped: no trained {task_name} model is installed ({exc})")
+        return None
     out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="oncostaging-gtv-screens-"))
+    work = Path(tempfile.mkdtemp(prefix=f"oncostaging-{task_name}-screens-"))
     try:
-        ct_file = Path(ct_path) if ct_path else work / "gtv_phantom_ct.nii.gz"
-        if not ct_path:
-            write_image(generate_case("gtv", 1, "small").channels[0], ct_file)
+        image_file = Path(image_path) if image_path else work / f"{task_name}_phantom.nii.gz"
+        case = None if image_path else generate_case(task_name, phantom_seed, "small")
+        if case is not None:
+            write_image(case.channels[0], image_file)
         run = work / "run"
-        get_task("gtv").segment(ct_file, run, bundle, device="cpu")
+        result = get_task(task_name).segment(image_file, run, bundle, device="cpu")
         headless = HeadlessSlicer()
-        ct = headless.load_volume(ct_file, "CT")
+        volume = headless.load_volume(image_file, volume_name)
         three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
         axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
-        nodes = results.import_run_results(headless.scene, ct, run, "GTVSeg", segments_from_labels(bundle.labels),
-                                           with_stages=False)
-        written = [out_dir / "GTVSeg-3D.png", out_dir / "GTVSeg-GradCAM.png"]
+        nodes = results.import_run_results(headless.scene, volume, run, module, segments_from_labels(bundle.labels),
+                                           with_stages=with_stages)
+        written = [out_dir / f"{module}-3D.png", out_dir / f"{module}-GradCAM.png"]
         save_png(three_d.render("Anterior"), written[0])
-        labels = headless.load_volume(run / "segmentation.nii.gz", "GTV labels", labelmap=True)  # the same K order as ``ct``
-        save_png(axial.render(axial_offset(ct, largest_area_slice(labels)), zoom=1.8), written[1])
-        kept = len(nodes.report.get("slices_kept") or [])
-        print(f"model {bundle.id} {bundle.version}; {kept} of {len(nodes.report.get('slice_probabilities') or [])} "
-              f"slices segmented; wrote " + ", ".join(str(p) for p in written))
-        return written
+        labels = headless.load_volume(run / "segmentation.nii.gz", "GTV labels", labelmap=True)  # ``volume``'s K order
+        save_png(axial.render(axial_offset(volume, largest_area_slice(labels)), zoom=zoom), written[1])
+        print(f"model {bundle.id} {bundle.version}; wrote " + ", ".join(str(p) for p in written))
+        return written, nodes, result, case
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def make_gtv_screenshots(out_dir=None, ct_path=None) -> list:
+    """GTVSeg on ``ct_path`` (default: a gtv phantom); [] when no gtv model is installed."""
+    made = render_module_screenshots("gtv", "GTVSeg", ct_path, 1, "CT", 1.8, out_dir, with_stages=False)
+    if made is None:
+        return []
+    written, nodes, _, _ = made
+    kept = len(nodes.report.get("slices_kept") or [])
+    print(f"{kept} of {len(nodes.report.get('slice_probabilities') or [])} slices segmented")
+    return written
 
 
 def make_npc_screenshots(out_dir=None, mri_path=None) -> list:
-    """NPCStaging: Segment & Stage ``mri_path`` (default: a fresh npc phantom) with the installed ``npc``
-    model (the shipped demo unless a newer one is installed), import the run through the module's glue
-    and render the GTV in 3D and the axial slice where the GTV is largest, with the Grad-CAM."""
-    import shutil
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    repo = here.parents[1]
-    sys.path[:0] = [str(here), str(repo / "OncoStagingCommon"), str(repo)]
-    from conftest import HeadlessSlicer
-
-    from engine.errors import EngineError
-    from engine.io.image import write_image
-    from engine.pipelines.outputs import segments_from_labels
-    from engine.registry import find_bundle
-    from engine.synth import generate_case
-    from engine.tasks import get_task
-    from OncoStagingCommon import results
-
-    try:
-        bundle = find_bundle("npc")
-    except EngineError as exc:
-        print(f"NPCStaging screenshots skipped: no npc model is installed ({exc})")
+    """NPCStaging on ``mri_path`` (default: a fresh npc phantom); [] when no npc model is installed."""
+    made = render_module_screenshots("npc", "NPCStaging", mri_path, NPC_SCREENSHOT_SEED, "T1C MRI", 1.5, out_dir)
+    if made is None:
         return []
-    out_dir = Path(out_dir or repo / "Resources" / "Screenshots")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="oncostaging-npc-screens-"))
-    try:
-        mri_file = Path(mri_path) if mri_path else work / "npc_phantom_mri.nii.gz"
-        case = None if mri_path else generate_case("npc", NPC_SCREENSHOT_SEED, "small")
-        if case is not None:
-            write_image(case.channels[0], mri_file)
-        run = work / "run"
-        result = get_task("npc").segment(mri_file, run, bundle, device="cpu")
-        headless = HeadlessSlicer()
-        mri = headless.load_volume(mri_file, "T1C MRI")
-        three_d = ThreeDView(headless.scene, headless.app_logic, size=(800, 600))
-        axial = SliceView(headless.scene, headless.app_logic, size=(600, 600))
-        results.import_run_results(headless.scene, mri, run, "NPCStaging", segments_from_labels(bundle.labels))
-        written = [out_dir / "NPCStaging-3D.png", out_dir / "NPCStaging-GradCAM.png"]
-        save_png(three_d.render("Anterior"), written[0])
-        labels = headless.load_volume(run / "segmentation.nii.gz", "GTV labels", labelmap=True)
-        save_png(axial.render(axial_offset(mri, largest_area_slice(labels)), zoom=1.5), written[1])
-        reference = f" (reference {case.targets.t_stage})" if case is not None else ""
-        print(f"model {bundle.id} {bundle.version}; predicted {result.predicted_stage}{reference}; wrote "
-              + ", ".join(str(p) for p in written))
-        return written
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    written, _, result, case = made
+    reference = f" (reference {case.targets.t_stage})" if case is not None else ""
+    print(f"predicted {result.predicted_stage}{reference}")
+    return written
 
 
 if __name__ == "__main__":
