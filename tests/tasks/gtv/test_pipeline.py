@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from engine.cli import main
@@ -86,6 +87,14 @@ def test_cli_train_run_evaluate(phantoms, tmp_path):
     assert all(0.0 <= p <= 1.0 for p in report["slice_probabilities"])
     assert all(0 <= k < n_slices for k in report["slices_kept"]) and report["slice_threshold"] == 0.5
     assert set(report["volumes_cm3"]) == {"GTV"}
+    # Grad-CAM: each slice's map is scaled by its GTV probability, zero on dropped slices and in the air
+    cam, ct = (sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in (out / "gradcam.nii.gz", image))
+    peaks = cam.reshape(n_slices, -1).max(axis=1)
+    probabilities = np.asarray(report["slice_probabilities"])
+    assert np.all(peaks <= probabilities + 1e-4) and peaks.max() > 0
+    assert not np.delete(peaks, report["slices_kept"]).any()
+    air = ct < -900  # outside the body (and in the lungs) only the resampling edge of a map remains
+    assert cam[air].mean() < 0.1 * cam[~air].mean(), (cam[air].mean(), cam[~air].mean())
 
     ev = tmp_path / "eval"
     assert main(["evaluate", "--task", "gtv", "--data", str(phantoms), "--model", str(model), "--out", str(ev),
